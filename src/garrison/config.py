@@ -1,0 +1,243 @@
+"""Typed configuration: ``garrison.toml`` plus ``GARRISON_*`` environment overrides.
+
+Every key has a default that works with no file at all. Unknown keys are errors. An error names
+the key, the value it got and what was expected. Durations are seconds (a number) or strings
+such as ``"10s"``, ``"5m"``, ``"1h"``, ``"2d"``.
+
+Environment overrides use ``GARRISON_<SECTION>__<KEY>`` (double underscore between levels), e.g.
+``GARRISON_SCANNER__PORTS_PER_WINDOW=20``; top-level keys are ``GARRISON_<KEY>``
+(``GARRISON_HOME_NET="198.51.100.0/24,2001:db8::/64"``). Values are parsed as TOML values when
+they parse (numbers, booleans, arrays), else taken as strings; lists may be comma-separated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong kind."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like ``"10s"``, ``"1.5m"``, ``"2h"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like '10s', '5m', '1h', got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"expected a non-negative duration, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT[m.group(2)]
+    raise ValueError(f"expected a duration like '10s', '5m', '1h', got {value!r}")
+
+
+def _parse_networks(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [v for v in (p.strip() for p in value.split(",")) if v]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of addresses or CIDRs, got {value!r}")
+    nets = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected an address or CIDR string, got {item!r}")
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"expected an address or CIDR, got {item!r}") from None
+    return nets
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Networks = Annotated[
+    list[ipaddress.IPv4Network | ipaddress.IPv6Network], BeforeValidator(_parse_networks)
+]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ScannerConfig(Section):
+    """Port-scan detection. Times in seconds."""
+
+    enabled: bool = True
+    ports_per_window: int = Field(15, ge=2, description="distinct ports within `window` = scan")
+    window: Duration = 10.0
+    slow_ports: int = Field(25, ge=2, description="distinct ports within `slow_window` = scan")
+    slow_window: Duration = 300.0
+    idle_timeout: Duration = Field(6 * 3600.0, description="forget a quiet source after this")
+    max_sources: int = Field(100_000, ge=16, description="LRU cap on tracked sources")
+    sweep_hosts: int = Field(8, ge=2, description="home addresses on one port = sweep")
+    distributed_sources: int = Field(8, ge=2, description="sources on one target = distributed")
+    distributed_ports: int = Field(
+        30, ge=4, description="distinct ports probed by those sources together"
+    )
+    trw_threshold: float = Field(
+        0.99, gt=0.5, lt=1.0, description="TRW: confidence needed to call a source a scanner"
+    )
+
+
+class SensorConfig(Section):
+    """Packet capture."""
+
+    interfaces: list[str] = Field(default_factory=list, description="empty: all interfaces")
+    snaplen: int = Field(256, ge=64, le=65535)
+    ring_blocks: int = Field(64, ge=4)
+    stats_interval: Duration = 30.0
+
+
+class HoneypotConfig(Section):
+    """Decoy ports."""
+
+    enabled: bool = True
+    ports: list[int] = Field(default_factory=list)
+    services: dict[str, str] = Field(default_factory=dict)
+    auto: bool = False
+    exclude: list[int] = Field(default_factory=list)
+    bind: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
+    max_sessions: int = Field(256, ge=1)
+    max_sessions_per_source: int = Field(8, ge=1)
+    session_timeout: Duration = 30.0
+    max_capture_bytes: int = Field(4096, ge=64)
+
+
+class FirewallConfig(Section):
+    """Blocking."""
+
+    backend: Literal["nftables", "iptables", "none"] = "nftables"
+    auto_block: bool = True
+    block_duration: Duration = 3600.0
+    allowlist: Networks = Field(default_factory=list)
+    dry_run: bool = False
+    block_unverified: bool = False
+    set_only: bool = False
+    table: str = "garrison"
+
+
+class ReputationConfig(Section):
+    """Per-IP reputation."""
+
+    half_life: Duration = 3600.0
+    blocklists: list[str] = Field(default_factory=list)
+    allowlist: Networks = Field(default_factory=list)
+    max_ips: int = Field(100_000, ge=16)
+
+
+class AlertsConfig(Section):
+    """Alert pipeline."""
+
+    cooldown: Duration = 10.0
+    min_severity: Literal["info", "low", "medium", "high", "critical"] = "low"
+    webhooks: list[str] = Field(default_factory=list)
+    webhook_secret: str = ""
+    webhook_timeout: Duration = 5.0
+
+
+class GarrisonConfig(Section):
+    """The whole configuration."""
+
+    home_net: Networks = Field(
+        default_factory=list, description="defended addresses; empty: this host's own"
+    )
+    log: str = Field("garrison.ndjson", description="NDJSON event log path; '-' = stdout")
+    db: str = Field("garrison.db", description="SQLite database path; '' disables persistence")
+    scanner: ScannerConfig = Field(default_factory=ScannerConfig)
+    sensor: SensorConfig = Field(default_factory=SensorConfig)
+    honeypot: HoneypotConfig = Field(default_factory=HoneypotConfig)
+    firewall: FirewallConfig = Field(default_factory=FirewallConfig)
+    reputation: ReputationConfig = Field(default_factory=ReputationConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+
+def _format_errors(err: ValidationError, data: Mapping[str, Any], origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key {key!r} (value {e['input']!r})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{origin}: {key} = {e['input']!r}: {msg}")
+    return "\n".join(lines)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("GARRISON_") or name in ("GARRISON_CONFIG",):
+            continue
+        path = [p.lower() for p in name[len("GARRISON_") :].split("__")]
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _env_value(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> GarrisonConfig:
+    """Load the configuration.
+
+    ``path`` None means ``$GARRISON_CONFIG`` or ``./garrison.toml`` when it exists, else
+    defaults only. An explicit path that does not exist is an error.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is None and env.get("GARRISON_CONFIG"):
+        path = env["GARRISON_CONFIG"]
+    if path is None and Path("garrison.toml").is_file():
+        path = "garrison.toml"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: configuration file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: cannot read: {exc}") from None
+    overrides = _env_overrides(env)
+    if overrides:
+        origin = f"{origin} + environment"
+    merged = _merge(data, overrides)
+    try:
+        return GarrisonConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, merged, origin)) from None
