@@ -42,7 +42,9 @@ class Component(Protocol):
 class Garrison:
     """One defended host: configuration, the event bus, detectors and components."""
 
-    def __init__(self, config: GarrisonConfig | None = None, *, bus: EventBus | None = None) -> None:
+    def __init__(
+        self, config: GarrisonConfig | None = None, *, bus: EventBus | None = None
+    ) -> None:
         self.config = config or GarrisonConfig()
         if bus is None:
             from garrison import default_bus
@@ -116,6 +118,24 @@ class Garrison:
                 events = detector.flush(at)
             except Exception:
                 log.exception("detector %s failed to flush", detector.name)
+                continue
+            for event in events:
+                self.emit(event)
+            out.extend(events)
+        return out
+
+    def finish(self) -> list[Event]:
+        """End of input (a replay): let every detector report what it still holds. Detectors
+        with a ``finish()`` method use it; others are flushed a week past the last packet."""
+        out: list[Event] = []
+        for detector in self.detectors:
+            finish = getattr(detector, "finish", None)
+            try:
+                events = finish() if finish is not None else detector.flush(
+                    self.latest_ts + 7 * 86400.0
+                )
+            except Exception:
+                log.exception("detector %s failed to finish", detector.name)
                 continue
             for event in events:
                 self.emit(event)

@@ -230,8 +230,8 @@ def community_id(
     transport: str | None, seed: int = 0,
 ) -> str | None:
     """Community ID v1 flow hash (as Zeek and Suricata compute it) or None if not a flow."""
-    if src is None or dst is None or transport is None:
-        return None
+    if src is None or dst is None or transport is None or sport is None or dport is None:
+        return None  # not one flow (a scan spans many ports)
     proto = _PROTO_NUMBERS.get(transport)
     if proto is None:
         return None
@@ -242,7 +242,7 @@ def community_id(
         return None
     if len(a) != len(b):
         return None
-    p1, p2 = sport or 0, dport or 0
+    p1, p2 = sport, dport
     if proto in (1, 58):
         # ICMP: ports are type/code; without them a flow id would not match other tools.
         return None

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import pytest
@@ -67,8 +67,10 @@ class Topology:
             _ip("link", "add", self.defended_if, "netns", d, "type", "veth",
                 "peer", "name", self.outside_if, "netns", o)
             for ns, ifname, v4, v6, other4, other6 in (
-                (d, self.defended_if, DEFENDED_V4, DEFENDED_V6, "203.0.113.0/24", "2001:db8:2::/64"),
-                (o, self.outside_if, OUTSIDE_V4, OUTSIDE_V6, "198.51.100.0/24", "2001:db8:1::/64"),
+                (d, self.defended_if, DEFENDED_V4, DEFENDED_V6,
+                 "203.0.113.0/24", "2001:db8:2::/64"),
+                (o, self.outside_if, OUTSIDE_V4, OUTSIDE_V6,
+                 "198.51.100.0/24", "2001:db8:1::/64"),
             ):
                 _ip("-n", ns, "link", "set", "lo", "up")
                 _ip("-n", ns, "addr", "add", f"{v4}/24", "dev", ifname)
@@ -116,10 +118,8 @@ class Topology:
             # Kill anything still running inside before deleting the namespace.
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             for pid in pids.stdout.split():
-                try:
+                with suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 

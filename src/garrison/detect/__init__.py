@@ -16,8 +16,11 @@ class Detector(Protocol):
     calls it with the latest observation time, and once at the end of a replay).
     """
 
-    name: str
-    accepts: tuple[type, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def accepts(self) -> tuple[type, ...]: ...
 
     def observe(self, obs: Any) -> list[Event]: ...
 

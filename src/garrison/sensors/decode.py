@@ -104,7 +104,7 @@ def decoder_for(linktype: int, stats: DecodeStats | None = None, ifindex: int = 
             end = off + min(ulen, l4len)
             return Packet(ts, src, dst, UDP, sport, dport, 0, length, ulen - 8, 0,
                           frame[off + 8:end], version, ifindex)
-        if proto == ICMP or proto == ICMPV6:
+        if proto in (ICMP, ICMPV6):
             if len(frame) < off + 4:
                 drop("truncated-icmp")
                 return None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from garrison.observations import Packet
-from garrison.sensors.decode import DecodeStats, Decoder, decoder_for
+from garrison.sensors.decode import Decoder, DecodeStats, decoder_for
 
 PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -30,7 +30,9 @@ class CaptureFormatError(ValueError):
     """The file is not a pcap or pcapng capture, or its header is damaged."""
 
 
-def read_frames(path: str | Path, stats: DecodeStats | None = None) -> Iterator[tuple[int, float, bytes]]:
+def read_frames(
+    path: str | Path, stats: DecodeStats | None = None
+) -> Iterator[tuple[int, float, bytes]]:
     """Yield ``(linktype, timestamp_seconds, frame_bytes)`` for every record in the file."""
     with open(path, "rb") as fh:
         try:
@@ -92,7 +94,8 @@ def _pcapng_frames(
         body = off + 8
         if btype == 1:  # Interface Description Block
             linktype, snaplen = struct.unpack_from(endian + "HxxI", buf, body)
-            interfaces.append((linktype, _if_tsresol(buf, body + 8, off + blen - 4, endian), snaplen))
+            tick = _if_tsresol(buf, body + 8, off + blen - 4, endian)
+            interfaces.append((linktype, tick, snaplen))
         elif btype == 6:  # Enhanced Packet Block
             ifid, hi, lo, cap, _orig = struct.unpack_from(endian + "IIIII", buf, body)
             if ifid < len(interfaces) and body + 20 + cap <= off + blen:
@@ -100,12 +103,11 @@ def _pcapng_frames(
                 yield lt, ((hi << 32) | lo) * tick, buf[body + 20:body + 20 + cap]
             elif stats is not None:
                 stats.drop("bad-epb")
-        elif btype == 3:  # Simple Packet Block
-            if interfaces:
-                orig = struct.unpack_from(endian + "I", buf, body)[0]
-                lt, _, snap = interfaces[0]
-                cap = min(orig, snap or orig, blen - 16)
-                yield lt, 0.0, buf[body + 4:body + 4 + cap]
+        elif btype == 3 and interfaces:  # Simple Packet Block
+            orig = struct.unpack_from(endian + "I", buf, body)[0]
+            lt, _, snap = interfaces[0]
+            cap = min(orig, snap or orig, blen - 16)
+            yield lt, 0.0, buf[body + 4:body + 4 + cap]
         off += blen
 
 
