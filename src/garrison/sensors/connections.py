@@ -1,0 +1,422 @@
+"""Connection sensor: the kernel's socket tables, joined to the processes that own the sockets.
+
+Reads ``/proc/<pid>/net/{tcp,tcp6,udp,udp6}`` once per network namespace (one process of each
+namespace stands for it), and maps socket inodes to processes through ``/proc/<pid>/fd``. Inodes
+are unique across namespaces, so one fd scan serves them all. The fd scan is the expensive part,
+so it only runs when a socket appears whose owner is not yet known, and stops as soon as every
+wanted inode is found.
+
+Each flow seen for the first time becomes one :class:`Connection` observation (fed to the
+detectors: exfil uses them to name the process behind a byte count) and, from the second poll
+on, one ``new-connection`` event. Flows present at the first poll are fed but not announced, so
+starting Garrison on a busy host does not log every open socket as new.
+
+Addresses: the kernel prints each 32-bit word of an address with ``%08X`` of the word as it sits
+in memory, i.e. in host byte order. On a little-endian machine every 4-byte group is reversed;
+IPv6 is four such words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import pwd
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from garrison.events import NEW_CONNECTION, Event, Severity
+
+if TYPE_CHECKING:
+    from garrison.engine import Garrison
+
+log = logging.getLogger("garrison.sensors.connections")
+
+TCP_STATES: Final = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+}
+LISTEN: Final = 10
+# States of a flow worth reporting (TIME_WAIT and friends are the end of one already seen).
+_LIVE_TCP: Final = frozenset({1, 2, 3})
+TABLES: Final = (("tcp", 4), ("tcp6", 6), ("udp", 4), ("udp6", 6))
+MAX_CMDLINE: Final = 1024  # characters of a command line kept
+
+
+class ProcTableError(ValueError):
+    """A line of a /proc/net table could not be parsed."""
+
+
+class SocketEntry(NamedTuple):
+    """One row of /proc/net/{tcp,tcp6,udp,udp6}. ``state`` is the kernel's TCP state number
+    (UDP sockets report 7, CLOSE, or 1 when connected); ``uid`` the socket owner's user id."""
+
+    proto: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    state: int
+    uid: int
+    inode: int
+
+
+class ProcessInfo(NamedTuple):
+    """The process that owns a socket."""
+
+    pid: int
+    ppid: int
+    name: str
+    command_line: str
+    user: str
+    exe: str
+
+
+class Connection(NamedTuple):
+    """A flow seen in the socket tables for the first time (an observation; ``ts`` seconds
+    since the epoch, taken when the poll ran). Process fields are empty/-1 when the owner could
+    not be found (a socket without a process, or one that exited between two reads).
+    ``direction`` is 'inbound' when the local port is listening in the same namespace."""
+
+    ts: float
+    proto: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    state: str
+    direction: str
+    netns: str
+    inode: int
+    uid: int
+    pid: int = -1
+    ppid: int = -1
+    process_name: str = ""
+    command_line: str = ""
+    user: str = ""
+    exe: str = ""
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``'0100007F:0016'`` -> ``('127.0.0.1', 22)``; 32 hex digits for IPv6."""
+    addr, _, port = text.partition(":")
+    try:
+        raw = bytes.fromhex(addr)
+        portnum = int(port, 16)
+    except ValueError:
+        raise ProcTableError(f"bad address {text!r}") from None
+    if len(raw) not in (4, 16) or not port:
+        raise ProcTableError(f"bad address {text!r}")
+    if _LITTLE:
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    if len(raw) == 4:
+        ip = ipaddress.IPv4Address(raw)
+    else:
+        ip = ipaddress.IPv6Address(raw)
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a v4 peer on a dual-stack socket: report it as v4
+    return str(ip), portnum
+
+
+def parse_table(text: str, proto: str) -> list[SocketEntry]:
+    """Parse the text of one /proc/net table; malformed lines raise :class:`ProcTableError`."""
+    out: list[SocketEntry] = []
+    lines = text.splitlines()
+    for line in lines[1:]:
+        f = line.split()
+        if len(f) < 10:
+            if f:
+                raise ProcTableError(f"short line in {proto} table: {line!r}")
+            continue
+        la, lp = parse_address(f[1])
+        ra, rp = parse_address(f[2])
+        try:
+            state, uid, inode = int(f[3], 16), int(f[7]), int(f[9])
+        except ValueError:
+            raise ProcTableError(f"bad fields in {proto} table: {line!r}") from None
+        out.append(SocketEntry(proto, la, lp, ra, rp, state, uid, inode))
+    return out
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _pids(proc: str) -> Iterator[int]:
+    with os.scandir(proc) as it:
+        for entry in it:
+            if entry.name.isdigit():
+                yield int(entry.name)
+
+
+_users: dict[int, str] = {}
+
+
+def user_name(uid: int) -> str:
+    """Login name of ``uid`` (cached), or the number as text when it has none."""
+    name = _users.get(uid)
+    if name is None:
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        if len(_users) < 4096:
+            _users[uid] = name
+    return name
+
+
+def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
+    """Read one process's identity from /proc, or None if it is gone."""
+    stat = _read(f"{proc}/{pid}/stat")
+    if stat is None:
+        return None
+    # The name is in parentheses and may itself contain spaces and ')'.
+    lpar, rpar = stat.find("("), stat.rfind(")")
+    if lpar < 0 or rpar < 0:
+        return None
+    name = stat[lpar + 1 : rpar]
+    rest = stat[rpar + 2 :].split()
+    ppid = int(rest[1]) if len(rest) > 1 and rest[1].lstrip("-").isdigit() else -1
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
+            raw = fh.read(MAX_CMDLINE * 4)
+        cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        cmdline = ""
+    uid = -1
+    status = _read(f"{proc}/{pid}/status") or ""
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            parts = line.split()
+            uid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
+            break
+    try:
+        exe = os.readlink(f"{proc}/{pid}/exe")
+    except OSError:
+        exe = ""
+    return ProcessInfo(pid, ppid, name, cmdline[:MAX_CMDLINE], user_name(uid) if uid >= 0 else "",
+                       exe)
+
+
+def _flow_key(ns: str, e: SocketEntry) -> tuple[str, str, str, int, str, int]:
+    return (ns, e.proto, e.local_addr, e.local_port, e.remote_addr, e.remote_port)
+
+
+class SocketTable:
+    """Polls the socket tables of every network namespace and reports new flows.
+
+    ``poll(now)`` returns a :class:`Connection` per flow not present at the previous poll.
+    Memory is bounded by the sockets that exist (at most ``max_flows`` are remembered).
+    """
+
+    def __init__(
+        self, proc: str = "/proc", *, all_namespaces: bool = True, max_flows: int = 262_144
+    ) -> None:
+        self.proc = proc
+        self.all_namespaces = all_namespaces
+        self.max_flows = max_flows
+        self._seen: set[tuple[str, str, str, int, str, int]] = set()
+        self._owners: dict[int, int] = {}  # socket inode -> pid
+        self.polls = 0
+        self.fd_scans = 0
+        self.errors = 0
+
+    def namespaces(self) -> dict[str, str]:
+        """Network namespace id -> a /proc directory whose ``net/`` shows that namespace."""
+        spaces: dict[str, str] = {}
+        try:
+            own = os.readlink(f"{self.proc}/self/ns/net")
+        except OSError:
+            own = "self"
+        spaces[own] = f"{self.proc}/self"
+        if not self.all_namespaces:
+            return spaces
+        for pid in _pids(self.proc):
+            try:
+                ns = os.readlink(f"{self.proc}/{pid}/ns/net")
+            except OSError:
+                continue
+            if ns not in spaces:
+                spaces[ns] = f"{self.proc}/{pid}"
+        return spaces
+
+    def sockets(self) -> Iterator[tuple[str, SocketEntry]]:
+        """Every socket of every namespace, with its namespace id."""
+        for ns, base in self.namespaces().items():
+            for name, _family in TABLES:
+                text = _read(f"{base}/net/{name}")
+                if text is None:
+                    continue
+                proto = name.rstrip("6")
+                try:
+                    entries = parse_table(text, proto)
+                except ProcTableError as exc:
+                    self.errors += 1
+                    log.warning("skipping %s/net/%s: %s", base, name, exc)
+                    continue
+                for entry in entries:
+                    yield ns, entry
+
+    def owners(self, inodes: Iterable[int]) -> dict[int, int]:
+        """Socket inode -> pid for ``inodes`` (cached; scans /proc/*/fd for unknown ones)."""
+        wanted = {i for i in inodes if i and i not in self._owners}
+        if wanted:
+            self.fd_scans += 1
+            for pid in _pids(self.proc):
+                fd_dir = f"{self.proc}/{pid}/fd"
+                try:
+                    with os.scandir(fd_dir) as it:
+                        for entry in it:
+                            try:
+                                target = os.readlink(entry.path)
+                            except OSError:
+                                continue
+                            if target.startswith("socket:["):
+                                inode = int(target[8:-1])
+                                if inode in wanted:
+                                    self._owners[inode] = pid
+                                    wanted.discard(inode)
+                except OSError:
+                    continue
+                if not wanted:
+                    break
+        return self._owners
+
+    def poll(self, now: float) -> list[Connection]:
+        """One pass over the tables; the flows that are new since the last pass."""
+        self.polls += 1
+        listening: set[tuple[str, str, int]] = set()
+        live: list[tuple[str, SocketEntry]] = []
+        for ns, e in self.sockets():
+            if e.proto == "tcp":
+                if e.state == LISTEN:
+                    listening.add((ns, e.proto, e.local_port))
+                    continue
+                if e.state not in _LIVE_TCP:
+                    continue
+            elif e.remote_port == 0:
+                listening.add((ns, e.proto, e.local_port))  # unconnected UDP: a server
+                continue
+            live.append((ns, e))
+        current = {_flow_key(ns, e) for ns, e in live}
+        fresh = [(ns, e) for ns, e in live if _flow_key(ns, e) not in self._seen]
+        owners = self.owners(e.inode for _ns, e in fresh) if fresh else self._owners
+        out: list[Connection] = []
+        infos: dict[int, ProcessInfo | None] = {}
+        for ns, e in fresh:
+            pid = owners.get(e.inode, -1)
+            info: ProcessInfo | None = None
+            if pid >= 0:
+                if pid not in infos:
+                    infos[pid] = process_info(pid, self.proc)
+                info = infos[pid]
+            inbound = (ns, e.proto, e.local_port) in listening
+            conn = Connection(
+                ts=now, proto=e.proto, local_addr=e.local_addr, local_port=e.local_port,
+                remote_addr=e.remote_addr, remote_port=e.remote_port,
+                state=TCP_STATES.get(e.state, str(e.state)) if e.proto == "tcp" else "",
+                direction="inbound" if inbound else "outbound", netns=ns, inode=e.inode,
+                uid=e.uid,
+            )
+            if info is not None:
+                conn = conn._replace(
+                    pid=info.pid, ppid=info.ppid, process_name=info.name,
+                    command_line=info.command_line, user=info.user or user_name(e.uid),
+                    exe=info.exe,
+                )
+            else:
+                conn = conn._replace(user=user_name(e.uid))
+            out.append(conn)
+        if len(current) > self.max_flows:
+            current = set(list(current)[: self.max_flows])
+        self._seen = current
+        live_inodes = {e.inode for _ns, e in live}
+        if len(self._owners) > 2 * len(live_inodes) + 1024:
+            self._owners = {i: p for i, p in self._owners.items() if i in live_inodes}
+        return out
+
+
+def new_connection_event(conn: Connection) -> Event:
+    """The ``new-connection`` event of a flow (ECS source = the side that opened it)."""
+    local, remote = (conn.local_addr, conn.local_port), (conn.remote_addr, conn.remote_port)
+    (src, sport), (dst, dport) = (remote, local) if conn.direction == "inbound" else (local, remote)
+    who = f"{conn.process_name}[{conn.pid}]" if conn.pid >= 0 else "unknown process"
+    return Event(
+        name=NEW_CONNECTION,
+        ts=conn.ts,
+        severity=Severity.INFO,
+        source_ip=src,
+        source_port=sport,
+        destination_ip=dst,
+        destination_port=dport,
+        transport=conn.proto,
+        detail={
+            "ip": conn.remote_addr,
+            "remote_addr": conn.remote_addr,
+            "remote_port": conn.remote_port,
+            "local_addr": conn.local_addr,
+            "local_port": conn.local_port,
+            "direction": conn.direction,
+            "state": conn.state,
+            "pid": conn.pid,
+            "ppid": conn.ppid,
+            "process_name": conn.process_name,
+            "command_line": conn.command_line,
+            "exe": conn.exe,
+            "user": conn.user,
+            "netns": conn.netns,
+        },
+        message=f"{conn.direction} {conn.proto} {conn.local_addr}:{conn.local_port} <-> "
+        f"{conn.remote_addr}:{conn.remote_port} by {who}",
+    )
+
+
+class ConnectionSensor:
+    """Component: polls :class:`SocketTable` every ``interval`` seconds in a worker thread,
+    feeds each new flow to the engine and emits its ``new-connection`` event."""
+
+    name = "connections"
+
+    def __init__(self, interval: float = 1.0, table: SocketTable | None = None) -> None:
+        if interval <= 0:
+            raise ValueError(f"poll interval must be positive seconds, got {interval!r}")
+        self.interval = interval
+        self.table = table or SocketTable()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, engine: Garrison) -> None:
+        first = await asyncio.to_thread(self.table.poll, time.time())
+        for conn in first:
+            engine.feed(conn)
+        self._task = asyncio.get_running_loop().create_task(self._loop(engine))
+
+    async def _loop(self, engine: Garrison) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                fresh = await asyncio.to_thread(self.table.poll, time.time())
+            except OSError as exc:
+                log.error("socket table poll failed: %s", exc)
+                continue
+            for conn in fresh:
+                engine.feed(conn)
+                engine.emit(new_connection_event(conn))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
