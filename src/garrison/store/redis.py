@@ -1,0 +1,385 @@
+"""Redis store (``redis://host:port/db``): shared state for many workers and hosts.
+
+Each check is one ``EVALSHA`` of the script below: pending bans, standing bans, the session
+binding and GCRA for every identity, atomically, in one round trip. Numbers cross as strings
+(Redis truncates Lua numbers to integers).
+
+Failure is expected: every call is bounded by ``timeout`` seconds; on an error or timeout the
+request passes (fail open), a :class:`CircuitBreaker` stops waiting on a dead server for
+``cooldown`` seconds, the failure is logged at most once per ``log_interval`` seconds, and the
+store recovers by itself when a trial call succeeds. Bans decided while Redis is away wait in a
+bounded queue and go out with the next successful check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from garrison.store.base import (
+    OPEN,
+    CheckRequest,
+    CheckResult,
+    LimitPolicy,
+    LimitStore,
+    StoreURLError,
+)
+
+log = logging.getLogger("garrison.store.redis")
+
+CHECK_SCRIPT: Final = """
+-- Garrison web check: pending bans, standing bans, session binding and GCRA, in one atomic call.
+-- Mirrors garrison/store/memory.py; see garrison/store/base.py for the rules.
+-- KEYS: nb ban-identity hashes, ni request-identity hashes, then (if binding) the binding key
+--       and the session's identity hash.
+-- ARGV: now, rate, burst, initial_trust, trust_gain, trust_loss, strikes, strike_window,
+--       backoff, offences_to_ban, ban, max_ban, offence_memory, idle_ttl, cost,
+--       nb, ni, has_binding, [group, agent, bind_ttl, bind_ban], then nb x (duration, reason)
+local now = tonumber(ARGV[1])
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local init_trust, gain, loss = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_strikes, strike_window = tonumber(ARGV[7]), tonumber(ARGV[8])
+local backoff, to_ban, ban_base = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local max_ban, offence_memory, idle_ttl = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local cost = tonumber(ARGV[15])
+local nb, ni, has_binding = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local argi = 19
+local group, agent, bind_ttl, bind_ban
+if has_binding == 1 then
+  group, agent = ARGV[19], ARGV[20]
+  bind_ttl, bind_ban = tonumber(ARGV[21]), tonumber(ARGV[22])
+  argi = 23
+end
+
+local function f(x) return string.format('%.17g', x) end
+
+local function load(key)
+  local v = redis.call('HMGET', key, 't', 'tr', 's', 'w', 'o', 'b', 'r')
+  return {key = key, t = tonumber(v[1]) or 0, tr = tonumber(v[2]) or init_trust,
+          s = tonumber(v[3]) or 0, w = tonumber(v[4]) or 0, o = tonumber(v[5]) or 0,
+          b = tonumber(v[6]) or 0, r = v[7] or ''}
+end
+
+local function save(st)
+  redis.call('HSET', st.key, 't', f(st.t), 'tr', f(st.tr), 's', f(st.s), 'w', f(st.w),
+             'o', f(st.o), 'b', f(st.b), 'r', st.r)
+  local keep = idle_ttl
+  if st.o > 0 and offence_memory > keep then keep = offence_memory end
+  local until_ = now + keep
+  if st.b > until_ then until_ = st.b end
+  redis.call('PEXPIRE', st.key, math.ceil((until_ - now) * 1000))
+end
+
+local function ban_length(base, offences)
+  local n = offences - 1
+  if n < 0 then n = 0 end
+  local len = base * (2 ^ n)
+  if len > max_ban then len = max_ban end
+  return len
+end
+
+-- 0. bans queued by the caller since its last call
+local ban_until = {}
+for i = 1, nb do
+  local st = load(KEYS[i])
+  local duration = tonumber(ARGV[argi + 2 * (i - 1)])
+  local reason = ARGV[argi + 2 * (i - 1) + 1]
+  st.o = st.o + 1
+  local u = now + ban_length(duration, st.o)
+  if u > st.b then st.b = u; st.r = reason end
+  save(st)
+  ban_until[i] = f(st.b)
+end
+
+local function answer(allowed, reason, retry, trust, event, culprit, bound)
+  return {allowed, reason or '', f(retry), f(trust), event or '', culprit or '', bound or '',
+          ban_until}
+end
+
+-- 1. standing bans
+local states = {}
+for i = 1, ni do
+  local st = load(KEYS[nb + i])
+  states[i] = st
+  if st.b > now then
+    local r = st.r
+    if r == '' then r = 'ban' end
+    return answer(0, r, st.b - now, st.tr, nil, st.key, nil)
+  end
+end
+
+-- 2. session binding
+if has_binding == 1 then
+  local bkey = KEYS[nb + ni + 1]
+  local here = group .. '|' .. agent
+  local bound = redis.call('GET', bkey)
+  if not bound then
+    redis.call('SET', bkey, here, 'PX', math.ceil(bind_ttl * 1000))
+  elseif bound ~= here then
+    local st = load(KEYS[nb + ni + 2])
+    st.o = st.o + 1
+    if now + bind_ban > st.b then st.b = now + bind_ban end
+    st.r = 'impossible-travel'
+    save(st)
+    local sep = string.find(bound, '|', 1, true)
+    return answer(0, 'impossible-travel', bind_ban, st.tr, 'impossible-travel', st.key,
+                  string.sub(bound, 1, sep - 1))
+  else
+    redis.call('PEXPIRE', bkey, math.ceil(bind_ttl * 1000))
+  end
+end
+
+-- 3. GCRA on every identity; all or nothing
+local refused, wait = nil, 0
+local tats = {}
+for i = 1, ni do
+  local st = states[i]
+  local r = rate * (0.5 + st.tr)
+  local tat = math.max(st.t, now) + cost / r
+  if tat - now > burst / r and refused == nil then
+    refused = st
+    wait = tat - now - burst / r
+  end
+  tats[i] = tat
+end
+if refused == nil then
+  local low = 1.0
+  if ni == 0 then low = init_trust end
+  for i = 1, ni do
+    local st = states[i]
+    st.t = tats[i]
+    st.tr = math.min(1.0, st.tr + gain)
+    save(st)
+    if st.tr < low then low = st.tr end
+  end
+  return answer(1, nil, 0, low, nil, nil, nil)
+end
+local st = refused
+st.tr = math.max(0.0, st.tr - loss)
+if now - st.w > strike_window then st.s = 0; st.w = now end
+st.s = st.s + 1
+local event = nil
+if st.s == 1 then event = 'throttle-start' end
+local reason = 'throttle'
+if st.s >= max_strikes then
+  st.s = 0
+  st.o = st.o + 1
+  if st.o < to_ban then
+    reason, event, wait = 'backoff', 'backoff', backoff
+  else
+    reason, event = 'ban', 'ban'
+    wait = ban_length(ban_base, st.o - to_ban + 1)
+  end
+  st.b = now + wait
+  st.r = reason
+end
+save(st)
+return answer(0, reason, wait, st.tr, event, st.key, nil)
+"""
+
+_MAX_PENDING_BANS: Final = 10_000
+
+
+class CircuitBreaker:
+    """Stops calls to a failing dependency for ``cooldown`` seconds after ``failures`` in a row.
+
+    Closed: calls go through. Open: calls are refused until ``cooldown`` has passed, then one
+    trial call is let through (half-open); success closes it, failure opens it again. Failures
+    are logged at most once per ``log_interval`` seconds, with the count of the ones not logged.
+    ``clock`` returns seconds (monotonic); injectable for tests.
+    """
+
+    def __init__(self, failures: int = 3, cooldown: float = 2.0, log_interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, name: str = "redis") -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self.log_interval = log_interval
+        self.clock = clock
+        self.name = name
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._open_until = 0.0
+        self._trial = False
+        self._last_log = -1e18
+        self._unlogged = 0
+        self.total_failures = 0
+        self.opened = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until > self.clock()
+
+    def allow(self) -> bool:
+        """True when a call may be tried now."""
+        with self._lock:
+            if self._consecutive < self.failures:
+                return True
+            if self.clock() < self._open_until or self._trial:
+                return False
+            self._trial = True  # half-open: exactly one trial call
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            if self._consecutive >= self.failures:
+                log.warning("%s is answering again; protection state is shared again", self.name)
+            self._consecutive = 0
+            self._trial = False
+            self._open_until = 0.0
+
+    def failure(self, exc: BaseException) -> None:
+        with self._lock:
+            self.total_failures += 1
+            self._consecutive += 1
+            self._trial = False
+            now = self.clock()
+            if self._consecutive >= self.failures:
+                if self._open_until <= now:
+                    self.opened += 1
+                self._open_until = now + self.cooldown
+            if now - self._last_log >= self.log_interval:
+                log.warning(
+                    "%s unavailable (%s: %s); requests pass unchecked (fail open); "
+                    "%d failures not logged since the last message",
+                    self.name, type(exc).__name__, exc, self._unlogged,
+                )
+                self._last_log = now
+                self._unlogged = 0
+            else:
+                self._unlogged += 1
+
+
+class RedisStore(LimitStore):
+    """Rate limits, bans and bindings in Redis; see the module docstring."""
+
+    def __init__(self, url: str, policy: LimitPolicy | None = None, *, timeout: float = 0.05,
+                 namespace: str = "garrison", breaker: CircuitBreaker | None = None) -> None:
+        try:
+            import redis
+            import redis.asyncio
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise StoreURLError(
+                f"store URL {url!r} needs the redis package: pip install 'garrison[redis]'"
+            ) from exc
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.policy = policy or LimitPolicy()
+        self.url = url
+        self.timeout = timeout
+        self.ns = namespace
+        self.breaker = breaker or CircuitBreaker()
+        opts: dict[str, Any] = {
+            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "retry_on_timeout": False, "health_check_interval": 0,
+        }
+        try:
+            self._sync = redis.Redis.from_url(url, **opts)
+            self._async = redis.asyncio.Redis.from_url(url, **opts)
+        except ValueError as exc:
+            raise StoreURLError(f"bad redis URL {url!r}: {exc}") from None
+        self._sync_script = self._sync.register_script(CHECK_SCRIPT)
+        self._async_script = self._async.register_script(CHECK_SCRIPT)
+        self._pending: deque[Any] = deque(maxlen=_MAX_PENDING_BANS)
+        self._pending_lock = threading.Lock()
+        self.dropped_bans = 0
+        self.failed_checks = 0
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _key(self, identity: str) -> str:
+        return f"{self.ns}:id:{identity}"
+
+    def _take_bans(self, req: CheckRequest) -> tuple[Any, ...]:
+        with self._pending_lock:
+            bans = (*self._pending, *req.bans)
+            self._pending.clear()
+        return bans
+
+    def _requeue(self, bans: tuple[Any, ...]) -> None:
+        with self._pending_lock:
+            for ban in bans:
+                if len(self._pending) == self._pending.maxlen:
+                    self.dropped_bans += 1
+                self._pending.append(ban)
+
+    def _args(self, req: CheckRequest, bans: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+        p = self.policy
+        keys = [self._key(b.identity) for b in bans] + [self._key(i) for i in req.identities]
+        argv = [repr(float(x)) for x in (
+            req.now, p.rate, p.burst, p.initial_trust, p.trust_gain, p.trust_loss, p.strikes,
+            p.strike_window, p.backoff, p.offences_to_ban, p.ban, p.max_ban, p.offence_memory,
+            p.idle_ttl, req.cost)]
+        argv += [str(len(bans)), str(len(req.identities))]
+        b = req.binding
+        if b is None:
+            argv.append("0")
+        else:
+            keys += [f"{self.ns}:bind:{b.session}", self._key(b.session)]
+            argv += ["1", b.group, b.agent, repr(float(b.ttl)), repr(float(b.ban))]
+        for ban in bans:
+            argv += [repr(float(ban.duration)), ban.reason]
+        return keys, argv
+
+    def _decode(self, raw: Any) -> CheckResult:
+        allowed, reason, retry, trust, event, culprit, bound, until = raw
+        prefix = f"{self.ns}:id:"
+        text = [x.decode() if isinstance(x, bytes) else str(x)
+                for x in (reason, event, culprit, bound)]
+        return CheckResult(
+            allowed=int(allowed) == 1,
+            reason=text[0] or None,
+            retry_after=float(retry),
+            trust=float(trust),
+            event=text[1] or None,
+            culprit=text[2].removeprefix(prefix) or None,
+            bound_group=text[3] or None,
+            ban_until=tuple(float(u) for u in until),
+        )
+
+    def _failed(self, exc: BaseException, bans: tuple[Any, ...]) -> CheckResult:
+        self.failed_checks += 1
+        self.breaker.failure(exc)
+        self._requeue(bans)
+        return OPEN
+
+    # -- protocol ---------------------------------------------------------------------------
+    def check(self, req: CheckRequest) -> CheckResult:
+        if not self.breaker.allow():
+            self._requeue(req.bans)
+            return OPEN
+        bans = self._take_bans(req)
+        keys, argv = self._args(req, bans)
+        try:
+            raw = self._sync_script(keys=keys, args=argv)
+            result = self._decode(raw)
+        except Exception as exc:  # any failure of the store means: fail open
+            return self._failed(exc, bans)
+        self.breaker.success()
+        return result
+
+    async def acheck(self, req: CheckRequest) -> CheckResult:
+        if not self.breaker.allow():
+            self._requeue(req.bans)
+            return OPEN
+        bans = self._take_bans(req)
+        keys, argv = self._args(req, bans)
+        try:
+            raw = await asyncio.wait_for(
+                self._async_script(keys=keys, args=argv), timeout=self.timeout * 2
+            )
+            result = self._decode(raw)
+        except Exception as exc:  # any failure of the store means: fail open
+            return self._failed(exc, bans)
+        self.breaker.success()
+        return result
+
+    def close(self) -> None:
+        self._sync.close()
+
+    async def aclose(self) -> None:
+        self._sync.close()
+        await self._async.aclose()

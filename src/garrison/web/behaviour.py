@@ -1,0 +1,158 @@
+"""Behavioural bot scoring: per-key request history and the risk it implies.
+
+A key (an IP group or a session) keeps its last :data:`HISTORY` requests in fixed-size rings
+(timestamp, path hash, status, bytes), so its memory is bounded and its counters are windowed:
+only requests within ``window`` seconds of the newest count.
+
+Features, each normalised to 0..1 (risk):
+
+* ``rate``: requests per minute / 150, over the window, the span floored at ``min_span``
+  seconds so that a burst of page assets is not read as a flood rate;
+* ``errors``: share of 4xx/5xx answers;
+* ``entropy``: U-shaped around 1.66 bits of endpoint entropy. Above it (walking many distinct
+  pages) risk rises to 1 at the most spread-out history possible; below it (hammering one
+  endpoint) risk rises to 1 at 0 bits but is *gated* by harm (see below);
+* ``timing``: regularity ``1 - min(cv / 2, 1)`` of the gaps (cv: coefficient of variation),
+  also gated by harm;
+* ``volume``: bytes sent in the window / 50 MB.
+
+Gating is the fix for the predecessor's false positive: a dashboard polling ``/api/status``
+once a second is perfectly regular and hits one endpoint, yet harms no one. Regularity and
+single-endpoint focus only count in proportion to *harm*: the rate, the share of 4xx answers
+(client errors; 5xx are the server's fault and do not gate), or breadth (high entropy). A slow
+regular poller therefore scores low, while the same regularity walking many pages (a scraper)
+or failing logins (credential stuffing) scores high.
+
+No judgement before ``min_requests`` requests spanning ``min_span`` seconds: a first visit,
+or a browser fetching one page and its assets, is never scored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from array import array
+from dataclasses import dataclass
+from typing import Final
+
+HISTORY: Final = 32
+"""Requests remembered per key."""
+
+ENTROPY_CENTRE: Final = 1.66
+"""Endpoint entropy (bits) of ordinary browsing: the bottom of the U."""
+
+RPM_FULL: Final = 150.0
+"""Requests per minute that count as full rate risk."""
+
+VOLUME_FULL: Final = 50 * 1024 * 1024
+"""Bytes per window that count as full volume risk."""
+
+IP_WEIGHTS: Final = {"rate": 0.30, "errors": 0.10, "entropy": 0.25, "timing": 0.25, "volume": 0.10}
+SESSION_WEIGHTS: Final = {"rate": 0.35, "timing": 0.35, "entropy": 0.30}
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Normalised features of one key (each 0..1) and the raw figures behind them."""
+
+    rate: float
+    errors: float
+    entropy: float
+    timing: float
+    volume: float
+    rpm: float
+    entropy_bits: float
+    cv: float
+    requests: int
+
+    def risk(self, weights: dict[str, float]) -> float:
+        """Weighted risk 0..1 (weights are normalised to sum to 1)."""
+        total = sum(weights.values())
+        if total <= 0:
+            return 0.0
+        value = sum(getattr(self, name) * w for name, w in weights.items())
+        return float(max(0.0, min(1.0, value / total)))
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "rate": round(self.rate, 3), "errors": round(self.errors, 3),
+            "entropy": round(self.entropy, 3), "timing": round(self.timing, 3),
+            "volume": round(self.volume, 3), "rpm": round(self.rpm, 1),
+            "entropy_bits": round(self.entropy_bits, 3), "cv": round(self.cv, 3),
+            "requests": self.requests,
+        }
+
+
+def path_hash(path: str) -> int:
+    """A 32-bit signed hash of a path (stable across processes, unlike ``hash``)."""
+    h = zlib.crc32(path.encode("utf-8", "surrogateescape"))
+    return h - (1 << 32) if h >= (1 << 31) else h
+
+
+class History:
+    """The last :data:`HISTORY` requests of one key, in rings. About 0.6 KB each."""
+
+    __slots__ = ("_bytes", "_paths", "_status", "_ts", "count", "idx")
+
+    def __init__(self) -> None:
+        self._ts = array("d", bytes(8 * HISTORY))
+        self._paths = array("i", bytes(4 * HISTORY))
+        self._bytes = array("q", bytes(8 * HISTORY))
+        self._status = array("h", bytes(2 * HISTORY))
+        self.idx = 0
+        self.count = 0
+
+    def add(self, ts: float, path: int, status: int, size: int) -> None:
+        """Record one answered request (``ts`` seconds, ``size`` bytes sent)."""
+        i = self.idx
+        self._ts[i] = ts
+        self._paths[i] = path
+        self._bytes[i] = max(0, min(size, (1 << 62)))
+        self._status[i] = max(0, min(status, 999))
+        self.idx = (i + 1) % HISTORY
+        self.count += 1
+
+    def features(self, now: float, window: float, min_requests: int,
+                 min_span: float) -> Features | None:
+        """Features over requests within ``window`` seconds of ``now``; None if too few."""
+        n = min(self.count, HISTORY)
+        order = [(self.idx - n + k) % HISTORY for k in range(n)]
+        idx = [i for i in order if now - self._ts[i] <= window]
+        if len(idx) < min_requests:
+            return None
+        times = [self._ts[i] for i in idx]
+        span = times[-1] - times[0]
+        if span < min_span:
+            return None
+        rpm = 60.0 * (len(idx) - 1) / max(span, min_span)
+        rate = min(rpm / RPM_FULL, 1.0)
+        statuses = [self._status[i] for i in idx]
+        errors = sum(1 for s in statuses if s >= 400) / len(idx)
+        client_errors = sum(1 for s in statuses if 400 <= s < 500) / len(idx)
+        volume = min(sum(self._bytes[i] for i in idx) / VOLUME_FULL, 1.0)
+
+        counts: dict[int, int] = {}
+        for i in idx:
+            counts[self._paths[i]] = counts.get(self._paths[i], 0) + 1
+        total = len(idx)
+        bits = -sum(c / total * math.log2(c / total) for c in counts.values())
+        top = math.log2(total)
+        high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE) if bits > ENTROPY_CENTRE else 0.0
+        high = max(0.0, min(high, 1.0))
+        harm = max(rate, client_errors, high)
+        low = (ENTROPY_CENTRE - bits) / ENTROPY_CENTRE if bits < ENTROPY_CENTRE else 0.0
+        entropy = high if bits >= ENTROPY_CENTRE else low * max(rate, client_errors)
+
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        mean = sum(gaps) / len(gaps)
+        if mean > 0:
+            var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+            cv = math.sqrt(var) / mean
+        else:
+            cv = 0.0
+        regularity = 1.0 - min(cv / 2.0, 1.0)
+        return Features(
+            rate=rate, errors=errors, entropy=entropy, timing=regularity * harm, volume=volume,
+            rpm=rpm, entropy_bits=bits, cv=cv, requests=len(idx),
+        )

@@ -1,0 +1,388 @@
+"""The one engine under the ASGI, WSGI and Django middleware.
+
+Per request, three steps, each called by the adapter:
+
+1. :meth:`WebEngine.identify` names the client (address from the socket or a trusted proxy,
+   its group, its session and API key as hashes: raw cookies are never stored).
+2. :meth:`WebEngine.precheck` answers from local memory when it can (allowlist, exempt path,
+   a ban this process already knows); otherwise it returns the one :class:`CheckRequest` the
+   adapter sends to the store, and :meth:`WebEngine.decide` turns the store's answer into a
+   :class:`Decision` (and a fused :class:`Verdict`).
+3. After the response has been sent, :meth:`WebEngine.after` scores the client's behaviour; a
+   bot is banned locally at once and the ban goes to the store with the next check.
+
+Time comes from ``options.clock`` (seconds since the epoch), read by the adapters and passed in,
+so scenarios can run on simulated time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from garrison.bus import EventBus
+from garrison.events import BOT_BLOCKED, IMPOSSIBLE_TRAVEL, RATE_LIMITED, Event, Severity
+from garrison.store.base import (
+    BAN,
+    BOT,
+    EV_BACKOFF,
+    EV_BAN,
+    EV_THROTTLE_START,
+    EV_TRAVEL,
+    THROTTLE,
+    Binding,
+    CheckRequest,
+    CheckResult,
+    LimitStore,
+    PendingBan,
+    open_store,
+)
+from garrison.web.behaviour import History, path_hash
+from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
+from garrison.web.lru import BoundedMap
+from garrison.web.metrics import WebMetrics
+from garrison.web.options import WebOptions
+from garrison.web.verdict import Verdict, fuse
+
+log = logging.getLogger("garrison.web")
+
+DISTRUST: Final = "distrust"
+BLOCKLIST: Final = "blocklist"
+_MAX_PENDING: Final = 10_000
+
+# Header names (lower case) the engine may read.
+USER_AGENT: Final = "user-agent"
+COOKIE: Final = "cookie"
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent a request. ``key``/``session``/``api_key`` are store identities (hashed)."""
+
+    ip: str | None
+    key: str | None
+    travel: str | None
+    session: str | None
+    api_key: str | None
+    agent: str
+    allowlisted: bool
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        return tuple(i for i in (self.key, self.session, self.api_key) if i)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a request. ``retry_after`` in seconds; ``status`` 429 or 403 if refused."""
+
+    allowed: bool
+    reason: str | None = None
+    retry_after: float = 0.0
+    status: int = 200
+    verdict: Verdict | None = None
+    dry_run: bool = False
+
+    def body(self) -> bytes:
+        """The JSON body of a refusal."""
+        doc: dict[str, Any] = {
+            "error": "forbidden" if self.status == 403 else "too many requests",
+            "reason": self.reason,
+        }
+        if self.status == 429:
+            doc["retry_after"] = self.retry_seconds
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @property
+    def retry_seconds(self) -> int:
+        return max(1, math.ceil(self.retry_after))
+
+    def headers(self) -> list[tuple[str, str]]:
+        out = [("content-type", "application/json"), ("cache-control", "no-store")]
+        if self.status == 429:
+            out.append(("retry-after", str(self.retry_seconds)))
+        return out
+
+
+PASS: Final = Decision(allowed=True)
+
+
+class _Tracked(History):
+    """A key's history plus its latest risk (None: not judged yet)."""
+
+    __slots__ = ("risk",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.risk: float | None = None
+
+
+def _hash(kind: str, value: str) -> str:
+    return kind + hashlib.blake2b(value.encode("utf-8", "surrogateescape"),
+                                  digest_size=12).hexdigest()
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, or None."""
+    if not header:
+        return None
+    for part in header.split(";"):
+        k, sep, v = part.strip().partition("=")
+        if sep and k == name:
+            return v.strip().strip('"') or None
+    return None
+
+
+class WebEngine:
+    """Block list, rate limiter, session binding and scoring for one application."""
+
+    def __init__(self, options: WebOptions, store: LimitStore | None = None) -> None:
+        self.options = o = options
+        self.clock: Callable[[], float] = o.clock
+        self.store = store or open_store(o.store, o.policy(), timeout=o.store_timeout)
+        if o.bus is None:
+            from garrison import default_bus
+
+            self.bus: EventBus = default_bus
+        else:
+            self.bus = o.bus
+        self.addresses = AddressPolicy(
+            trusted_proxies=parse_networks(o.trusted_proxies),
+            forwarded_header=o.forwarded_header.lower(),
+            ipv4_prefix=o.ipv4_prefix, ipv6_prefix=o.ipv6_prefix,
+            travel_ipv4_prefix=o.travel_ipv4_prefix, travel_ipv6_prefix=o.travel_ipv6_prefix,
+        )
+        self.allowlist = parse_networks(o.allowlist)
+        self.exempt = tuple(o.exempt_paths)
+        self.sql_exempt = tuple(o.sql_exempt_paths)
+        self.ips: BoundedMap[_Tracked] = BoundedMap(o.max_ips, max(o.window, 600.0))
+        self.sessions: BoundedMap[_Tracked] = BoundedMap(o.max_sessions, max(o.window, 600.0))
+        max_ban = self.store.policy.max_ban
+        self.bans: BoundedMap[tuple[float, str]] = BoundedMap(o.max_ips + o.max_sessions, max_ban)
+        self.reported: BoundedMap[float] = BoundedMap(o.max_ips + o.max_sessions, o.bot_ban)
+        self._pending: list[PendingBan] = []
+        self._lock = threading.Lock()
+        self.metrics = WebMetrics()
+        self.metrics.gauges = {"ip": lambda: len(self.ips), "session": lambda: len(self.sessions)}
+        self.dropped_bans = 0
+        self._warned_forwarding = False
+        # Header names the adapters should collect for identify() (lower case).
+        wanted = {USER_AGENT, COOKIE, self.addresses.forwarded_header}
+        for name in (o.session_header, o.api_key_header):
+            if name:
+                wanted.add(name.lower())
+        self.header_names = frozenset(wanted)
+
+    # -- 1. who ----------------------------------------------------------------------------
+    def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
+        """The client of a request from the socket peer and its (lower-case) headers."""
+        o = self.options
+        fwd = headers.get(self.addresses.forwarded_header)
+        ip = self.addresses.client(peer, fwd)
+        if fwd and not self.addresses.trusted_proxies and not self._warned_forwarding:
+            addr = parse_ip(peer)
+            if addr is not None and addr.is_loopback:
+                self._warned_forwarding = True
+                log.warning(
+                    "%s header from a loopback peer but no trusted_proxies set: every client "
+                    "behind that proxy shares one address; set trusted_proxies=['127.0.0.1']",
+                    self.addresses.forwarded_header,
+                )
+        session_raw = None
+        if o.session_header:
+            session_raw = headers.get(o.session_header.lower())
+        if session_raw is None and o.session_cookie:
+            session_raw = cookie_value(headers.get(COOKIE), o.session_cookie)
+        api_raw = headers.get(o.api_key_header.lower()) if o.api_key_header else None
+        agent = ""
+        if o.bind_user_agent:
+            agent = _hash("", headers.get(USER_AGENT, ""))
+        return Client(
+            ip=str(ip) if ip is not None else None,
+            key=("ip:" + self.addresses.group(ip)) if ip is not None else None,
+            travel=(self.addresses.travel_group(ip, o.travel_tolerance)
+                    if ip is not None and o.travel_tolerance != "off" else None),
+            session=_hash("s:", session_raw) if session_raw else None,
+            api_key=_hash("k:", api_raw) if api_raw else None,
+            agent=agent,
+            allowlisted=ip is not None and self._allowlisted(ip),
+        )
+
+    def _allowlisted(self, ip: IPAddress) -> bool:
+        return any(ip.version == n.version and ip in n for n in self.allowlist)
+
+    def is_exempt(self, path: str) -> bool:
+        return any(path.startswith(p) for p in self.exempt)
+
+    def sql_applies(self, path: str) -> bool:
+        return self.options.sql_firewall and not any(path.startswith(p) for p in self.sql_exempt)
+
+    # -- 2. before the app -----------------------------------------------------------------
+    def precheck(self, client: Client, now: float) -> Decision | CheckRequest:
+        """A decision from local memory, or the question to put to the store."""
+        self.metrics.seen()
+        if client.allowlisted:
+            return PASS
+        with self._lock:
+            for ident in client.identities:
+                hit = self.bans.get(ident, now)
+                if hit is not None and hit[0] > now:
+                    return self._refuse(client, hit[1], hit[0] - now, 429, None, now)
+            bans, self._pending = tuple(self._pending), []
+        binding = None
+        if client.session and client.travel:
+            binding = Binding(client.session, client.travel, client.agent,
+                              ban=self.options.travel_ban)
+        return CheckRequest(now=now, identities=client.identities, binding=binding, bans=bans)
+
+    def decide(self, client: Client, result: CheckResult, now: float) -> Decision:
+        """Turn the store's answer into a decision; emit events for escalations."""
+        if result.degraded:
+            self.metrics.store_failures += 1
+        if not result.allowed:
+            reason = result.reason or BAN
+            if reason != THROTTLE and result.culprit:
+                with self._lock:
+                    self.bans.put(result.culprit, (now + result.retry_after, reason), now)
+            if result.event:
+                self._escalation_event(client, result, now)
+            return self._refuse(client, reason, result.retry_after, 429, None, now)
+        verdict = self.verdict(client, None if result.degraded else result.trust, now)
+        if verdict.trust < self.options.min_trust:
+            reason = BLOCKLIST if verdict.blocklisted else DISTRUST
+            return self._refuse(client, reason, self.options.bot_ban, 403, verdict, now)
+        return Decision(allowed=True, verdict=verdict)
+
+    def verdict(self, client: Client, rate_trust: float | None, now: float) -> Verdict:
+        """The fused trust verdict of this client right now."""
+        risks = []
+        for table, key in ((self.ips, client.key), (self.sessions, client.session)):
+            st = table.get(key, now) if key else None
+            if st is not None and st.risk is not None:
+                risks.append(st.risk)
+        rep = self.options.reputation
+        reputation, hits, blocklisted = None, 0, False
+        if rep is not None and client.ip is not None:
+            try:
+                reputation = rep.score(client.ip)
+                hits = int(rep.honeypot_hits(client.ip))
+                blocklisted = bool(rep.is_blocklisted(client.ip))
+            except Exception:  # a failing reputation source must not take requests down
+                log.exception("reputation source failed; judging without it")
+        return fuse(bot_risk=max(risks) if risks else None, reputation=reputation,
+                    honeypot_hits=hits, rate_trust=rate_trust, blocklisted=blocklisted,
+                    weights=self.options.trust_weights)
+
+    def refuse_sql(self, client: Client, finding: Any, where: str, now: float) -> Decision:
+        """The decision for a request carrying SQL injection (403), with its event."""
+        from garrison.events import SQL_INJECTION
+
+        detail = {
+            "ip": client.ip, "where": where,
+            "fingerprint": getattr(finding, "fingerprint", ""),
+            "reason": getattr(finding, "reason", str(finding)),
+            "dry_run": self.options.dry_run,
+        }
+        self._emit(Event(SQL_INJECTION, now, Severity.HIGH, source_ip=client.ip, detail=detail,
+                         message=f"SQL injection in {where} from {client.ip}"))
+        return self._refuse(client, "sql-injection", 0.0, 403, None, now)
+
+    def _refuse(self, client: Client, reason: str, retry: float, status: int,
+                verdict: Verdict | None, now: float) -> Decision:
+        self.metrics.block(reason)
+        decision = Decision(False, reason, retry, status, verdict, self.options.dry_run)
+        hook = self.options.on_block
+        if hook is not None:
+            try:
+                hook({"ip": client.ip, "reason": reason, "status": status,
+                      "retry_after": retry, "dry_run": self.options.dry_run, "ts": now})
+            except Exception:
+                log.exception("on_block hook failed")
+        if self.options.dry_run:
+            return Decision(True, reason, retry, 200, verdict, True)
+        return decision
+
+    # -- 3. after the response -------------------------------------------------------------
+    def after(self, client: Client, path: str, status: int, size: int, now: float) -> None:
+        """Score the client's behaviour now that the response is out; ban a bot."""
+        if client.allowlisted:
+            return
+        t0 = time.perf_counter()
+        o = self.options
+        h = path_hash(path)
+        with self._lock:
+            ip_risk = sess_risk = None
+            ip_feat = sess_feat = None
+            if client.key:
+                st = self.ips.get_or_create(client.key, now, _Tracked)
+                st.add(now, h, status, size)
+                ip_feat = st.features(now, o.window, o.min_requests, o.min_span)
+                st.risk = ip_risk = ip_feat.risk(dict(o.ip_weights)) if ip_feat else None
+            if client.session:
+                ss = self.sessions.get_or_create(client.session, now, _Tracked)
+                ss.add(now, h, status, size)
+                sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
+                ss.risk = sess_risk = (sess_feat.risk(dict(o.session_weights))
+                                       if sess_feat else None)
+            known = [r for r in (ip_risk, sess_risk) if r is not None]
+            final = sum(known) / len(known) if known else None
+            targets: list[str] = []
+            if final is not None and final >= o.threshold_for(path) and client.key:
+                targets.append(client.key)
+                if client.session:
+                    targets.append(client.session)
+            elif sess_risk is not None and sess_risk >= o.session_threshold and client.session:
+                targets.append(client.session)
+            fresh = [t for t in targets if self.reported.get(t, now) is None]
+            for t in fresh:
+                self.reported.put(t, now, now)
+                if not o.dry_run:
+                    self.bans.put(t, (now + o.bot_ban, BOT), now)
+                    if len(self._pending) < _MAX_PENDING:
+                        self._pending.append(PendingBan(t, o.bot_ban, BOT))
+                    else:
+                        self.dropped_bans += 1
+        if fresh:
+            detail = {
+                "ip": client.ip, "session": client.session, "path": path,
+                "risk": round(final or 0.0, 3),
+                "ip_risk": None if ip_risk is None else round(ip_risk, 3),
+                "session_risk": None if sess_risk is None else round(sess_risk, 3),
+                "ip_features": ip_feat.as_dict() if ip_feat else None,
+                "session_features": sess_feat.as_dict() if sess_feat else None,
+                "banned": fresh, "ban_seconds": o.bot_ban, "dry_run": o.dry_run,
+            }
+            self._emit(Event(BOT_BLOCKED, now, Severity.HIGH, source_ip=client.ip,
+                             detail=detail, message=f"bot blocked: {client.ip}"))
+        self.metrics.scoring(time.perf_counter() - t0)
+
+    # -- events ----------------------------------------------------------------------------
+    def _escalation_event(self, client: Client, result: CheckResult, now: float) -> None:
+        if result.event == EV_TRAVEL:
+            detail = {"ip": client.ip, "session": result.culprit, "from": result.bound_group,
+                      "to": client.travel, "ban_seconds": result.retry_after,
+                      "dry_run": self.options.dry_run}
+            self._emit(Event(IMPOSSIBLE_TRAVEL, now, Severity.HIGH, source_ip=client.ip,
+                             detail=detail,
+                             message=f"session moved from {result.bound_group} to {client.ip}"))
+            return
+        severity = {EV_THROTTLE_START: Severity.LOW, EV_BACKOFF: Severity.MEDIUM,
+                    EV_BAN: Severity.HIGH}.get(result.event or "", Severity.LOW)
+        detail = {"ip": client.ip, "identity": result.culprit, "level": result.reason,
+                  "retry_after": round(result.retry_after, 3), "trust": round(result.trust, 3),
+                  "dry_run": self.options.dry_run}
+        self._emit(Event(RATE_LIMITED, now, severity, source_ip=client.ip, detail=detail,
+                         message=f"rate limited ({result.reason}): {result.culprit}"))
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self.bus.emit(event)
+        except Exception:  # the bus isolates handlers; this guards the request regardless
+            log.exception("emitting %s failed", event.name)

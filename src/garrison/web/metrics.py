@@ -1,0 +1,68 @@
+"""Prometheus metrics of the middleware, in the text exposition format (no dependency).
+
+``garrison_web_requests_total``: requests seen; ``garrison_web_blocked_total{reason}``: refused
+requests by reason; ``garrison_web_scoring_seconds``: time spent scoring after the response
+(a summary: ``_sum`` and ``_count``, seconds); ``garrison_web_store_failures_total``: store
+calls that failed open; ``garrison_web_tracked{kind}``: keys currently tracked.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+
+class WebMetrics:
+    """Counters updated by the engine; :meth:`render` gives the exposition text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.blocked: dict[str, int] = defaultdict(int)
+        self.scoring_seconds = 0.0
+        self.scored = 0
+        self.store_failures = 0
+        self.dropped = 0
+        self.gauges: dict[str, Callable[[], int]] = {}
+
+    def seen(self) -> None:
+        self.requests += 1  # a lost increment under threads is acceptable for a counter
+
+    def block(self, reason: str) -> None:
+        with self._lock:
+            self.blocked[reason] += 1
+
+    def scoring(self, seconds: float) -> None:
+        with self._lock:
+            self.scoring_seconds += seconds
+            self.scored += 1
+
+    def render(self) -> str:
+        """The metrics as Prometheus text exposition format 0.0.4."""
+        lines = [
+            "# HELP garrison_web_requests_total Requests seen by the Garrison middleware.",
+            "# TYPE garrison_web_requests_total counter",
+            f"garrison_web_requests_total {self.requests}",
+            "# HELP garrison_web_blocked_total Requests refused, by reason.",
+            "# TYPE garrison_web_blocked_total counter",
+        ]
+        with self._lock:
+            blocked = dict(self.blocked)
+            total, count = self.scoring_seconds, self.scored
+        for reason in sorted(blocked):
+            lines.append(f'garrison_web_blocked_total{{reason="{reason}"}} {blocked[reason]}')
+        lines += [
+            "# HELP garrison_web_scoring_seconds Time spent scoring after responses.",
+            "# TYPE garrison_web_scoring_seconds summary",
+            f"garrison_web_scoring_seconds_sum {total:.9f}",
+            f"garrison_web_scoring_seconds_count {count}",
+            "# HELP garrison_web_store_failures_total Store calls that failed open.",
+            "# TYPE garrison_web_store_failures_total counter",
+            f"garrison_web_store_failures_total {self.store_failures}",
+            "# HELP garrison_web_tracked Keys currently tracked, by kind.",
+            "# TYPE garrison_web_tracked gauge",
+        ]
+        for kind in sorted(self.gauges):
+            lines.append(f'garrison_web_tracked{{kind="{kind}"}} {self.gauges[kind]()}')
+        return "\n".join(lines) + "\n"
