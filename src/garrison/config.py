@@ -102,23 +102,53 @@ class SensorConfig(Section):
     stats_interval: Duration = 30.0
 
 
+HoneypotService = Literal[
+    "ssh", "http", "ftp", "smtp", "telnet", "mysql", "postgresql", "redis", "elasticsearch",
+    "vnc", "tcp",
+]
+
+
 class HoneypotConfig(Section):
-    """Decoy ports."""
+    """Decoy ports: listeners that look like real services; any touch is a high-severity event.
+
+    ``ports`` guesses the service from the port number (2222 -> ssh, 8080 -> http, 2121 -> ftp;
+    an unknown port gets a silent ``tcp`` catcher); ``services`` names it (``{2222 = "ssh"}``).
+    ``auto`` adds commonly probed ports that nothing on this host uses or would want. Sizes in
+    bytes, times in seconds.
+    """
 
     enabled: bool = True
-    ports: list[int] = Field(default_factory=list)
-    services: dict[str, str] = Field(default_factory=dict)
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    services: dict[Annotated[int, Field(ge=1, le=65535)], HoneypotService] = Field(
+        default_factory=dict
+    )
     auto: bool = False
-    exclude: list[int] = Field(default_factory=list)
+    exclude: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
     bind: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
-    max_sessions: int = Field(256, ge=1)
-    max_sessions_per_source: int = Field(8, ge=1)
-    session_timeout: Duration = 30.0
-    max_capture_bytes: int = Field(4096, ge=64)
+    max_sessions: int = Field(256, ge=1, description="concurrent sessions, all sources")
+    max_sessions_per_source: int = Field(
+        8, ge=1, description="concurrent sessions per source address (IPv6: per /64)"
+    )
+    session_timeout: Duration = Field(30.0, description="hard limit on one session")
+    idle_timeout: Duration = Field(10.0, description="close a session silent for this long")
+    max_capture_bytes: int = Field(4096, ge=64, description="bytes of input kept as the sample")
+    max_input_bytes: int = Field(65536, ge=256, description="bytes read before hanging up")
+    events_per_source: int = Field(
+        20, ge=1, description="events per source per `event_window`; the rest are counted"
+    )
+    event_window: Duration = 60.0
+    max_sources: int = Field(10_000, ge=16, description="LRU cap on per-source bookkeeping")
+    recheck_interval: Duration = Field(
+        60.0, description="auto: how often to re-check that no real service wants our ports"
+    )
 
 
 class FirewallConfig(Section):
-    """Blocking."""
+    """Blocking: which backend, for how long, and which addresses are never touched.
+
+    Durations in seconds. Auto-blocks need evidence an off-path attacker cannot forge (a
+    completed TCP handshake) unless ``block_unverified`` is set.
+    """
 
     backend: Literal["nftables", "iptables", "none"] = "nftables"
     auto_block: bool = True
@@ -127,26 +157,66 @@ class FirewallConfig(Section):
     dry_run: bool = False
     block_unverified: bool = False
     set_only: bool = False
-    table: str = "garrison"
+    table: str = Field("garrison", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+    auto_block_severity: Literal["low", "medium", "high", "critical"] = Field(
+        "critical", description="an event at or above this severity blocks its actor"
+    )
+    auto_block_score: float = Field(
+        0.15, ge=0.0, le=1.0, description="reputation at or below this (0..1) blocks the actor"
+    )
+    escalation: float = Field(
+        4.0, ge=1.0, description="each repeat offence multiplies the duration by this"
+    )
+    max_block_duration: Duration = Field(7 * 86400.0, description="cap on escalated durations")
+    never_block: Networks = Field(
+        default_factory=list, description="gateway, DNS servers, partners: never blocked"
+    )
+    protect_system: bool = Field(
+        True, description="also protect the default gateways and resolv.conf DNS servers"
+    )
+    priority: int = Field(-10, description="nftables hook priority (filter is 0: we go first)")
 
 
 class ReputationConfig(Section):
-    """Per-IP reputation."""
+    """Per-IP reputation: a score in 0..1 (0.5 unknown, lower is worse)."""
 
     half_life: Duration = 3600.0
     blocklists: list[str] = Field(default_factory=list)
     allowlist: Networks = Field(default_factory=list)
     max_ips: int = Field(100_000, ge=16)
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="penalty per event kind (0..1), overrides built-ins"
+    )
+    blocklisted_score: float = Field(0.1, ge=0.0, le=1.0, description="score of a listed IP")
+    history: int = Field(50, ge=1, le=10_000, description="events kept per IP in memory")
+    campaign_window: Duration = Field(
+        24 * 3600.0, description="kill-chain stages count only within this window"
+    )
+
+
+class AlertRule(Section):
+    """Overrides for one event kind in the alert pipeline (unset keys use the defaults)."""
+
+    enabled: bool = True
+    cooldown: Duration | None = None
+    min_severity: Literal["info", "low", "medium", "high", "critical"] | None = None
+    webhook: bool = True
 
 
 class AlertsConfig(Section):
-    """Alert pipeline."""
+    """Alert pipeline: dedupe, severity filter, handlers, signed webhooks."""
 
     cooldown: Duration = 10.0
     min_severity: Literal["info", "low", "medium", "high", "critical"] = "low"
     webhooks: list[str] = Field(default_factory=list)
     webhook_secret: str = ""
     webhook_timeout: Duration = 5.0
+    webhook_retries: int = Field(8, ge=0, le=100, description="attempts after the first")
+    webhook_backoff: Duration = Field(0.5, description="first retry delay; doubles each time")
+    webhook_max_backoff: Duration = Field(60.0, description="cap on one retry delay")
+    queue_size: int = Field(10_000, ge=1, description="pending alerts per handler before drops")
+    max_keys: int = Field(100_000, ge=16, description="LRU cap on (kind, ip) cooldown keys")
+    kinds: dict[str, AlertRule] = Field(default_factory=dict)
 
 
 class GarrisonConfig(Section):
