@@ -219,6 +219,63 @@ class AlertsConfig(Section):
     kinds: dict[str, AlertRule] = Field(default_factory=dict)
 
 
+class ConnectionsConfig(Section):
+    """Socket tables and known-bad destinations (network analytics)."""
+
+    enabled: bool = True
+    interval: Duration = Field(1.0, gt=0, description="seconds between socket-table polls")
+    all_namespaces: bool = Field(True, description="read every network namespace's tables")
+    known_bad: bool = Field(True, description="alert on suspicious ports and blocklisted IPs")
+    suspicious_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list, description="empty: the built-in list (4444, 5555, 6667, 31337, ...)"
+    )
+
+
+class DnsConfig(Section):
+    """DNS tunnel detection. Scores are 0..1, sizes bytes, times seconds."""
+
+    enabled: bool = True
+    allowlist: list[str] = Field(default_factory=list, description="domains never scored")
+    threshold: float = Field(0.7, gt=0, le=1, description="score that raises an alert")
+    min_unique: int = Field(10, ge=1, description="unique names needed before any alert")
+    unique_threshold: int = Field(50, ge=1, description="unique names per domain = full volume")
+    budget_bytes: int = Field(4096, ge=64, description="bytes of unique names per domain")
+    volume_threshold: int = Field(1000, ge=1, description="queries per domain = full volume")
+    episode_timeout: Duration = Field(600.0, description="idle time that ends an episode")
+    warmup: Duration = Field(3600.0, description="per-client baseline learning time")
+    max_flows: int = Field(50_000, ge=16, description="LRU cap on (client, domain) pairs")
+
+
+class ExfilConfig(Section):
+    """Exfiltration sentinel. Sizes in bytes, rates bytes/s, times seconds."""
+
+    enabled: bool = True
+    upload_bytes_per_min: int = Field(10_000_000, ge=1024)
+    burst_bytes: int = Field(65_536, ge=1024, description="one flow's upload that is a burst")
+    burst_rate: float = Field(4096.0, gt=0, description="average upstream rate of a burst")
+    asymmetric_bytes: int = Field(1_000_000, ge=1024)
+    asymmetric_ratio: float = Field(20.0, gt=1)
+    new_destinations: int = Field(50, ge=2, description="new destinations per minute")
+    common_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list, description="empty: the built-in list (80, 443, 22, ...)"
+    )
+    allowlist: Networks = Field(default_factory=list)
+    warmup: Duration = Field(86_400.0, description="per-process baseline learning time")
+    learn_factor: float = Field(1.5, ge=1.0, description="thresholds >= factor x learned peak")
+
+
+class BeaconConfig(Section):
+    """Beacon detection. Scores 0..1, times seconds."""
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0, le=1)
+    min_timing: float = Field(0.8, ge=0, le=1, description="timing regularity needed")
+    min_connections: int = Field(20, ge=4)
+    min_interval: Duration = Field(1.0, description="median interval below this = strobe")
+    window: Duration = Field(3600.0, gt=0, description="observation span for coverage")
+    allowlist: Networks = Field(default_factory=list)
+
+
 class GarrisonConfig(Section):
     """The whole configuration."""
 
@@ -233,6 +290,10 @@ class GarrisonConfig(Section):
     firewall: FirewallConfig = Field(default_factory=FirewallConfig)
     reputation: ReputationConfig = Field(default_factory=ReputationConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    exfil: ExfilConfig = Field(default_factory=ExfilConfig)
+    beacon: BeaconConfig = Field(default_factory=BeaconConfig)
 
 
 def _format_errors(err: ValidationError, data: Mapping[str, Any], origin: str) -> str:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Final, NamedTuple
 
-from garrison.detect.known_bad import HomeNet, IPNetwork
+from garrison.detect.homenet import HomeNet
+from garrison.detect.homenet import Network as IPNetwork
 from garrison.events import BEACON, Event, Severity, Technique
 from garrison.observations import ACK, FIN, RST, SYN, TCP, UDP, Packet, transport_name
 
@@ -127,7 +128,7 @@ class BeaconDetector:
 
     def __init__(
         self,
-        home_net: Iterable[IPNetwork | str],
+        home_net: HomeNet | Iterable[IPNetwork | str],
         *,
         allowlist: Iterable[IPNetwork] = (),
         threshold: float = 0.8,
@@ -142,7 +143,9 @@ class BeaconDetector:
         max_series: int = 20_000,
     ) -> None:
         self.home = home_net if isinstance(home_net, HomeNet) else HomeNet(home_net)
-        self.allow = HomeNet(allowlist)
+        allowed = list(allowlist)
+        # An empty HomeNet means 'everything'; an empty allowlist must mean nothing.
+        self.allow = HomeNet(allowed) if allowed else None
         self.threshold = threshold
         self.min_timing = min_timing
         self.min_connections = max(4, min_connections)
@@ -192,7 +195,7 @@ class BeaconDetector:
             return out
         if proto == TCP and obs.flags & (SYN | ACK | RST) != SYN:
             return out
-        if obs.dst in self.allow:
+        if self.allow is not None and obs.dst in self.allow:
             self.stats["allowlisted"] += 1
             return out
         self._conns[fwd] = _Conn(obs.ts, obs.ts, obs.payload_len, established=proto == UDP)

@@ -20,7 +20,8 @@ from typing import Final, NamedTuple
 
 from publicsuffixlist import PublicSuffixList
 
-from garrison.detect.known_bad import HomeNet, IPNetwork
+from garrison.detect.homenet import HomeNet
+from garrison.detect.homenet import Network as IPNetwork
 from garrison.events import DNS_TUNNEL, Event, Severity, Technique
 from garrison.observations import TCP, UDP, Packet
 from garrison.sensors.dns import (
@@ -236,7 +237,7 @@ class DnsTunnelDetector:
 
     def __init__(
         self,
-        home_net: Iterable[IPNetwork | str],
+        home_net: HomeNet | Iterable[IPNetwork | str],
         *,
         allowlist: Iterable[str] = (),
         threshold: float = 0.7,

@@ -1,9 +1,5 @@
 """Known-bad destinations: suspicious ports and blocklisted addresses.
 
-Also home to :class:`HomeNet`, the one answer to "is this address ours?" that every network
-analytic of this area shares (exfil, beacons, DNS tunnels and this module all need to know which
-side of a packet is the defended host).
-
 Alerts (``suspicious-connection``):
 
 - the defended host opens a connection (TCP SYN, or a UDP datagram) to a suspicious port on an
@@ -20,15 +16,14 @@ bounded size.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
+from garrison.detect.homenet import HomeNet
+from garrison.detect.homenet import Network as IPNetwork
 from garrison.events import SUSPICIOUS_CONNECTION, Event, Severity, Technique
 from garrison.observations import ACK, RST, SYN, TCP, UDP, Packet, transport_name
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_SUSPICIOUS_PORTS: Final = frozenset(
     {1337, 31337, 4444, 4445, 5555, 6666, 6667, 6668, 6669, 12345, 27374, 1234, 9001, 50050}
@@ -36,32 +31,6 @@ DEFAULT_SUSPICIOUS_PORTS: Final = frozenset(
 
 T1571: Final = Technique("T1571", "Non-Standard Port", "TA0011", "Command and Control")
 T1071: Final = Technique("T1071", "Application Layer Protocol", "TA0011", "Command and Control")
-
-
-class HomeNet:
-    """Membership test for the defended networks, cached per address (bounded)."""
-
-    def __init__(self, networks: Iterable[IPNetwork | str], cache_size: int = 65536) -> None:
-        self.networks: tuple[IPNetwork, ...] = tuple(
-            n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False)
-            for n in networks
-        )
-        self._cache: dict[str, bool] = {}
-        self._cache_size = cache_size
-
-    def __contains__(self, addr: str) -> bool:
-        hit = self._cache.get(addr)
-        if hit is not None:
-            return hit
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        found = any(ip.version == n.version and ip in n for n in self.networks)
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[addr] = found
-        return found
 
 
 Blocklist = Callable[[str], bool] | Collection[str]
@@ -76,7 +45,7 @@ class KnownBadDetector:
 
     def __init__(
         self,
-        home_net: Iterable[IPNetwork | str],
+        home_net: HomeNet | Iterable[IPNetwork | str],
         *,
         ports: Iterable[int] = DEFAULT_SUSPICIOUS_PORTS,
         blocklist: Blocklist | None = None,
@@ -85,17 +54,28 @@ class KnownBadDetector:
     ) -> None:
         self.home = home_net if isinstance(home_net, HomeNet) else HomeNet(home_net)
         self.ports = frozenset(ports)
-        self._blocked: Callable[[str], bool]
+        self._lookup: Callable[[str], bool] | None
         if blocklist is None:
-            self._blocked = lambda _ip: False
+            self._lookup = None
         elif callable(blocklist):
-            self._blocked = blocklist
+            self._lookup = blocklist
         else:
-            listed = frozenset(blocklist)
-            self._blocked = listed.__contains__
+            self._lookup = frozenset(blocklist).__contains__
+        self._verdicts: dict[str, bool] = {}  # bounded cache of blocklist answers
         self.cooldown = cooldown
         self.max_keys = max_keys
         self._last: OrderedDict[tuple[str, int, str], float] = OrderedDict()
+
+    def _blocked(self, ip: str) -> bool:
+        if self._lookup is None:
+            return False
+        hit = self._verdicts.get(ip)
+        if hit is None:
+            hit = bool(self._lookup(ip))
+            if len(self._verdicts) >= 65_536:
+                self._verdicts.clear()
+            self._verdicts[ip] = hit
+        return hit
 
     def observe(self, obs: Packet) -> list[Event]:
         home = self.home
