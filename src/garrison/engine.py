@@ -162,7 +162,8 @@ class Garrison:
                     await component.stop()
                 except Exception:
                     log.exception("error stopping %s", component.name)
-            self.flush()
+            # Report the final state of every open episode before exiting.
+            self.finish()
             await self.bus.drain()
 
     def stop(self) -> None:

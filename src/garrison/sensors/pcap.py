@@ -18,10 +18,10 @@ from garrison.observations import Packet
 from garrison.sensors.decode import Decoder, DecodeStats, decoder_for
 
 PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
+    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),
+    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
 }
 PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 
@@ -57,7 +57,7 @@ def read_frames(
 def _pcap_frames(
     buf: bytes | mmap.mmap, magic: bytes, stats: DecodeStats | None
 ) -> Iterator[tuple[int, float, bytes]]:
-    endian, unit = PCAP_MAGICS[magic]
+    endian, tps = PCAP_MAGICS[magic]  # timestamp ticks per second
     if len(buf) < 24:
         raise CaptureFormatError("pcap file header truncated")
     linktype = struct.unpack_from(endian + "I", buf, 20)[0] & 0x0FFFFFFF
@@ -70,7 +70,8 @@ def _pcap_frames(
             if stats is not None:
                 stats.drop("truncated-record")
             return
-        yield linktype, sec + frac * unit, buf[off:off + incl]
+        # Integer ticks then one division: the same float as pcapng gives for the same time.
+        yield linktype, (sec * tps + frac) / tps, buf[off:off + incl]
         off += incl
 
 
@@ -79,7 +80,7 @@ def _pcapng_frames(
 ) -> Iterator[tuple[int, float, bytes]]:
     off, end = 0, len(buf)
     endian = "<"
-    interfaces: list[tuple[int, float, int]] = []  # (linktype, seconds per tick, snaplen)
+    interfaces: list[tuple[int, int, int]] = []  # (linktype, ticks per second, snaplen)
     while off + 12 <= end:
         btype_raw = bytes(buf[off:off + 4])
         if btype_raw == PCAPNG_SHB:
@@ -100,7 +101,7 @@ def _pcapng_frames(
             ifid, hi, lo, cap, _orig = struct.unpack_from(endian + "IIIII", buf, body)
             if ifid < len(interfaces) and body + 20 + cap <= off + blen:
                 lt, tick, _ = interfaces[ifid]
-                yield lt, ((hi << 32) | lo) * tick, buf[body + 20:body + 20 + cap]
+                yield lt, ((hi << 32) | lo) / tick, buf[body + 20:body + 20 + cap]
             elif stats is not None:
                 stats.drop("bad-epb")
         elif btype == 3 and interfaces:  # Simple Packet Block
@@ -111,17 +112,17 @@ def _pcapng_frames(
         off += blen
 
 
-def _if_tsresol(buf: bytes | mmap.mmap, opt: int, end: int, endian: str) -> float:
-    """Seconds per timestamp tick from an IDB's if_tsresol option (default microseconds)."""
+def _if_tsresol(buf: bytes | mmap.mmap, opt: int, end: int, endian: str) -> int:
+    """Timestamp ticks per second from an IDB's if_tsresol option (default microseconds)."""
     while opt + 4 <= end:
         code, length = struct.unpack_from(endian + "HH", buf, opt)
         if code == 0:
             break
         if code == 9 and length >= 1:
             v = buf[opt + 4]
-            return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
+            return int(2 ** (v & 0x7F) if v & 0x80 else 10**v)
         opt += 4 + ((length + 3) & ~3)
-    return 1e-6
+    return 1_000_000
 
 
 def read_packets(path: str | Path, stats: DecodeStats | None = None) -> Iterator[Packet]:
