@@ -8,9 +8,9 @@ with any bans the caller queued since its last call, so a request never costs tw
 The algorithm is GCRA (generic cell rate algorithm) with per-identity trust and escalation:
 
 * every identity has a *trust* in 0..1 (starts at :attr:`LimitPolicy.initial_trust`); staying
-  under the limit raises it, each refused request lowers it; the identity's allowed rate is
-  ``rate * (0.5 + trust)``, so good behaviour earns up to 1.5x the base rate and bad behaviour
-  sinks to 0.5x;
+  under the limit raises it, each refused request lowers it; the identity's allowed rate and
+  burst are ``rate * (0.5 + trust)`` and ``burst * (0.5 + trust)``, so good behaviour earns up
+  to 1.5x the base limits and bad behaviour sinks to 0.5x;
 * a refused request is a *throttle* (wait ``retry_after`` seconds); ``strikes`` throttles within
   ``strike_window`` seconds turn into a *back-off* (refused for ``backoff`` seconds); the
   ``offences_to_ban``-th offence is a *ban*, and every further offence doubles the ban (capped

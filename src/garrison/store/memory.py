@@ -133,7 +133,7 @@ class MemoryStore(LimitStore):
         for ident, st in states:
             trust = float(st[_TRUST])
             interval = req.cost / (p.rate * (0.5 + trust))
-            tau = p.burst / (p.rate * (0.5 + trust))
+            tau = p.burst / p.rate  # burst in requests scales with trust too
             tat = max(float(st[_TAT]), now) + interval
             if tat - now > tau and refused is None:
                 refused = (ident, st, tat - now - tau)

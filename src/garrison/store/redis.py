@@ -141,9 +141,9 @@ for i = 1, ni do
   local st = states[i]
   local r = rate * (0.5 + st.tr)
   local tat = math.max(st.t, now) + cost / r
-  if tat - now > burst / r and refused == nil then
+  if tat - now > burst / rate and refused == nil then
     refused = st
-    wait = tat - now - burst / r
+    wait = tat - now - burst / rate
   end
   tats[i] = tat
 end

@@ -6,12 +6,13 @@ only requests within ``window`` seconds of the newest count.
 
 Features, each normalised to 0..1 (risk):
 
-* ``rate``: requests per minute / 150, over the window, the span floored at ``min_span``
-  seconds so that a burst of page assets is not read as a flood rate;
+* ``rate``: requests in the last minute / 150 (a sliding two-bucket count, so never
+  extrapolated: a browser fetching a page and its assets in 0.2 s is 7 requests, not 2100 rpm);
 * ``errors``: share of 4xx/5xx answers;
 * ``entropy``: U-shaped around 1.66 bits of endpoint entropy. Above it (walking many distinct
   pages) risk rises to 1 at the most spread-out history possible; below it (hammering one
-  endpoint) risk rises to 1 at 0 bits but is *gated* by harm (see below);
+  endpoint) risk rises to 1 at 0 bits but is *gated* by harm (see below). The top of the scale
+  is ``log2(max(n, 16))`` for ``n`` requests, so a short history is not judged too spread out;
 * ``timing``: regularity ``1 - min(cv / 2, 1)`` of the gaps (cv: coefficient of variation),
   also gated by harm;
 * ``volume``: bytes sent in the window / 50 MB.
@@ -93,7 +94,7 @@ def path_hash(path: str) -> int:
 class History:
     """The last :data:`HISTORY` requests of one key, in rings. About 0.6 KB each."""
 
-    __slots__ = ("_bytes", "_paths", "_status", "_ts", "count", "idx")
+    __slots__ = ("_bucket", "_bytes", "_cur", "_paths", "_prev", "_status", "_ts", "count", "idx")
 
     def __init__(self) -> None:
         self._ts = array("d", bytes(8 * HISTORY))
@@ -102,6 +103,9 @@ class History:
         self._status = array("h", bytes(2 * HISTORY))
         self.idx = 0
         self.count = 0
+        self._bucket = 0.0
+        self._cur = 0
+        self._prev = 0
 
     def add(self, ts: float, path: int, status: int, size: int) -> None:
         """Record one answered request (``ts`` seconds, ``size`` bytes sent)."""
@@ -112,6 +116,20 @@ class History:
         self._status[i] = max(0, min(status, 999))
         self.idx = (i + 1) % HISTORY
         self.count += 1
+        if ts - self._bucket >= 60.0:
+            self._prev = self._cur if ts - self._bucket < 120.0 else 0
+            self._cur = 0
+            self._bucket = ts - (ts - self._bucket) % 60.0 if self._bucket else ts
+        self._cur += 1
+
+    def per_minute(self, now: float) -> float:
+        """Requests in the minute before ``now`` (sliding two-bucket estimate)."""
+        age = now - self._bucket
+        if age >= 120.0:
+            return 0.0
+        if age >= 60.0:
+            return self._cur * max(0.0, 1.0 - (age - 60.0) / 60.0)
+        return self._cur + self._prev * (1.0 - age / 60.0)
 
     def features(self, now: float, window: float, min_requests: int,
                  min_span: float) -> Features | None:
@@ -125,7 +143,7 @@ class History:
         span = times[-1] - times[0]
         if span < min_span:
             return None
-        rpm = 60.0 * (len(idx) - 1) / max(span, min_span)
+        rpm = self.per_minute(now)
         rate = min(rpm / RPM_FULL, 1.0)
         statuses = [self._status[i] for i in idx]
         errors = sum(1 for s in statuses if s >= 400) / len(idx)
@@ -137,7 +155,7 @@ class History:
             counts[self._paths[i]] = counts.get(self._paths[i], 0) + 1
         total = len(idx)
         bits = -sum(c / total * math.log2(c / total) for c in counts.values())
-        top = math.log2(total)
+        top = math.log2(max(total, 16))
         high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE) if bits > ENTROPY_CENTRE else 0.0
         high = max(0.0, min(high, 1.0))
         harm = max(rate, client_errors, high)

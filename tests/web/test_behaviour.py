@@ -1,0 +1,157 @@
+"""Scoring, addresses, bounded state and the fused verdict, on plain records (no I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+
+from garrison.bus import EventBus
+from garrison.web.behaviour import History, path_hash
+from garrison.web.clientaddr import AddressPolicy, parse_networks
+from garrison.web.engine import WebEngine
+from garrison.web.lru import BoundedMap
+from garrison.web.options import WebOptions
+from garrison.web.verdict import fuse
+from tests.web import scenarios as sc
+
+T0 = 1_800_000_000.0
+
+
+def _risks(steps: sc.Actor, **options: object) -> tuple[list[float], WebEngine]:
+    """Feed an actor straight into an engine (no server); every final risk it reached."""
+    now = [T0]
+    eng = WebEngine(WebOptions(clock=lambda: now[0], bus=EventBus(),
+                               trusted_proxies=["127.0.0.1"], dry_run=True, **options))  # type: ignore[arg-type]
+    finals = []
+    for step in steps:
+        now[0] += step.dt
+        client = eng.identify("127.0.0.1", {k.lower(): v for k, v in step.headers.items()})
+        status = 404 if step.path.startswith("/old") else 401 if step.path == "/login" else 200
+        eng.after(client, step.path, status, 2000, now[0])
+        ip = eng.ips.get(client.key or "", now[0])
+        ss = eng.sessions.get(client.session or "", now[0])
+        known = [x.risk for x in (ip, ss) if x is not None and x.risk is not None]
+        finals.append(sum(known) / len(known) if known else 0.0)
+    return finals, eng
+
+
+def test_first_visit_and_new_session_are_never_judged() -> None:
+    h = History()
+    h.add(T0, path_hash("/"), 200, 5000)
+    assert h.features(T0, 120, 8, 5) is None
+    for i in range(1, 6):  # a fresh session loading a page and four assets in 0.2 s
+        h.add(T0 + i * 0.05, path_hash(f"/static/{i}"), 200, 5000)
+    assert h.features(T0 + 0.3, 120, 8, 5) is None
+    finals, _ = _risks(sc.human("192.0.2.1", "fresh", random.Random(1), minutes=0.2))
+    assert finals[0] == 0.0
+    assert max(finals[:7]) == 0.0  # no judgement before min_requests
+
+
+def test_benign_one_hertz_poller_scores_below_both_thresholds() -> None:
+    # The predecessor scored this 0.70 and blocked it.
+    finals, eng = _risks(sc.poller("192.0.2.2", "dash", interval=1.0, minutes=10))
+    assert max(finals) < 0.5
+    sessions = [s.risk for _, (_, s) in eng.sessions._data.items()]
+    assert all(r is not None and r < 0.6 for r in sessions)
+
+
+def test_regularity_walking_many_pages_scores_high() -> None:
+    finals, _ = _risks(sc.scraper("192.0.2.3", interval=1.0, pages=40))
+    assert max(finals) >= 0.5
+
+
+def test_failing_logins_score_high_even_slowly() -> None:
+    finals, _ = _risks(sc.stuffer("192.0.2.4", interval=2.0, count=30))
+    assert max(finals) >= 0.5
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_human_sessions_stay_well_below_threshold(seed: int) -> None:
+    finals, eng = _risks(sc.human(f"198.51.100.{seed}", f"h{seed}", random.Random(seed)))
+    assert max(finals) < 0.45
+    assert all(s.risk is None or s.risk < 0.55 for _, (_, s) in eng.sessions._data.items())
+
+
+def test_counters_are_windowed() -> None:
+    h = History()
+    for i in range(40):
+        h.add(T0 + i * 0.1, path_hash("/x"), 200, 1000)
+    assert h.per_minute(T0 + 4) == 40
+    assert h.per_minute(T0 + 200) == 0.0
+    assert h.features(T0 + 200, 120, 8, 5) is None  # all history is outside the window
+    assert h.count == 40  # ring holds only the last 32; memory does not grow
+
+
+def test_bounded_map_caps_and_expires() -> None:
+    m: BoundedMap[int] = BoundedMap(cap=100, ttl=60)
+    for i in range(1000):
+        m.put(f"k{i}", i, T0)
+    assert len(m) == 100 and m.evicted == 900
+    assert m.get("k999", T0 + 10) == 999
+    assert m.get("k999", T0 + 61) is None
+
+
+def test_engine_state_is_bounded_under_a_flood_of_sources() -> None:
+    eng = WebEngine(WebOptions(bus=EventBus(), max_ips=64, max_sessions=64))
+    for i in range(5000):
+        c = eng.identify(str(ipaddress.IPv4Address(0xC6336400 + i)), {"cookie": f"session={i}"})
+        eng.after(c, "/", 200, 10, T0 + i)
+    assert len(eng.ips) <= 64 and len(eng.sessions) <= 64
+
+
+def test_forwarded_header_is_ignored_without_a_trusted_proxy() -> None:
+    plain = AddressPolicy()
+    assert str(plain.client("192.0.2.9", "203.0.113.5")) == "192.0.2.9"
+    proxied = AddressPolicy(trusted_proxies=parse_networks(["127.0.0.1", "10.0.0.0/8"]))
+    # rightmost untrusted hop wins; what the client wrote on the left is not believed
+    assert str(proxied.client("127.0.0.1", "1.1.1.1, 203.0.113.5, 10.0.0.2")) == "203.0.113.5"
+    assert str(proxied.client("192.0.2.9", "203.0.113.5")) == "192.0.2.9"  # peer not trusted
+    assert str(proxied.client("127.0.0.1", "[2001:db8::7]:443")) == "2001:db8::7"
+    assert str(proxied.client("127.0.0.1", "garbage")) == "127.0.0.1"
+    assert str(plain.client("::ffff:192.0.2.1", None)) == "192.0.2.1"
+
+
+def test_rfc7239_forwarded_header() -> None:
+    p = AddressPolicy(trusted_proxies=parse_networks(["127.0.0.1"]), forwarded_header="forwarded")
+    assert str(p.client("127.0.0.1", 'for="[2001:db8::1]";proto=https')) == "2001:db8::1"
+
+
+def test_ipv6_is_grouped_by_prefix() -> None:
+    p = AddressPolicy()
+    a = p.group(ipaddress.ip_address("2001:db8:1:2::1"))
+    b = p.group(ipaddress.ip_address("2001:db8:1:2:ffff::9"))
+    c = p.group(ipaddress.ip_address("2001:db8:1:3::1"))
+    assert a == b == "2001:db8:1:2::/64" and c != a
+    assert p.group(ipaddress.ip_address("192.0.2.1")) == "192.0.2.1"
+    assert AddressPolicy(ipv6_prefix=48).group(ipaddress.ip_address("2001:db8:1:3::1")) == (
+        "2001:db8:1::/48"
+    )
+
+
+def test_fused_verdict_blocklist_is_a_hard_cap() -> None:
+    good = fuse(bot_risk=0.0, reputation=0.9, honeypot_hits=0, rate_trust=1.0,
+                blocklisted=False, weights={"bot": 1, "reputation": 1, "honeypot": 1, "rate": 1})
+    assert good.trust > 0.9
+    capped = fuse(bot_risk=0.0, reputation=0.9, honeypot_hits=0, rate_trust=1.0,
+                  blocklisted=True, weights={"bot": 1, "reputation": 1})
+    assert capped.trust <= 0.05
+    honeypot = fuse(bot_risk=0.0, reputation=None, honeypot_hits=3, rate_trust=None,
+                    blocklisted=False, weights={"bot": 0.5, "honeypot": 0.5})
+    assert honeypot.trust == pytest.approx(0.5)
+    unknown = fuse(bot_risk=None, reputation=None, honeypot_hits=0, rate_trust=None,
+                   blocklisted=False, weights={"bot": 1})
+    assert unknown.trust == 0.5
+
+
+def test_options_reject_unknown_and_bad_values() -> None:
+    with pytest.raises(TypeError):
+        WebOptions(treshold=0.5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="threshold"):
+        WebOptions(threshold=1.5)
+    with pytest.raises(ValueError, match="route_thresholds"):
+        WebOptions(route_thresholds={"login": 0.3})
+    with pytest.raises(ValueError, match="expected an address"):
+        WebEngine(WebOptions(trusted_proxies=["not-an-ip"], bus=EventBus()))
+    assert WebOptions(route_thresholds={"/login": 0.3, "/": 0.7}).threshold_for("/login/x") == 0.3
