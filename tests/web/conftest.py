@@ -64,7 +64,10 @@ def serve_asgi() -> Iterator[Callable[[Any], str]]:
     def start(app: Any) -> str:
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False,
+                                # uvicorn would itself rewrite the client address from
+                                # X-Forwarded-For of 127.0.0.1 peers; the middleware decides.
+                                proxy_headers=False)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

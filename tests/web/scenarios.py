@@ -8,6 +8,7 @@ behind nginx sees them; cookies carry sessions.
 from __future__ import annotations
 
 import random
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,8 +152,8 @@ def starlette_app(**middleware: Any) -> Any:
         return JSONResponse({"ok": True, "trust": None if verdict is None else verdict.trust})
 
     async def login(request: Request) -> JSONResponse:
-        form = await request.form()
-        ok = form.get("password") == PASSWORD
+        form = urllib.parse.parse_qs((await request.body()).decode())
+        ok = form.get("password") == [PASSWORD]
         return JSONResponse({"ok": ok}, status_code=200 if ok else 401)
 
     async def echo(request: Request) -> JSONResponse:

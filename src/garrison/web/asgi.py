@@ -111,7 +111,7 @@ class GarrisonMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             try:
-                eng.after(client, path, status, size, eng.clock())
+                eng.after(client, path, status, size, now)
             except Exception:  # scoring must never break a response that already went out
                 log.exception("scoring failed")
 

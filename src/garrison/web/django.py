@@ -89,7 +89,7 @@ class GarrisonMiddleware:
         def score() -> None:
             size = 0 if getattr(response, "streaming", False) else len(response.content)
             try:
-                eng.after(client, path, status, size, eng.clock())
+                eng.after(client, path, status, size, now)
             except Exception:  # scoring must never break a response that already went out
                 log.exception("scoring failed")
 

@@ -107,7 +107,7 @@ class GarrisonWSGIMiddleware:
             return start_response(status_line, response_headers, exc_info)
 
         def done(size: int) -> None:
-            eng.after(client, path, status[0], size, eng.clock())
+            eng.after(client, path, status[0], size, now)
 
         try:
             result = self.app(environ, capture)
