@@ -125,9 +125,9 @@ class HoneypotConfig(Section):
     auto: bool = False
     exclude: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
     bind: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
-    max_sessions: int = Field(256, ge=1, description="concurrent sessions, all sources")
+    max_sessions: int = Field(512, ge=1, description="concurrent sessions, all sources")
     max_sessions_per_source: int = Field(
-        8, ge=1, description="concurrent sessions per source address (IPv6: per /64)"
+        32, ge=1, description="concurrent sessions per source address (IPv6: per /64)"
     )
     session_timeout: Duration = Field(30.0, description="hard limit on one session")
     idle_timeout: Duration = Field(10.0, description="close a session silent for this long")

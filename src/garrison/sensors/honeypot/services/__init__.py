@@ -1,0 +1,59 @@
+"""The decoy services: one module per protocol, each with ``BANNER`` and ``serve(session)``.
+
+:data:`DECOYS` maps every ``HoneypotService`` name of :mod:`garrison.config` to its decoy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from garrison.sensors.honeypot.services import (
+    elasticsearch,
+    ftp,
+    http,
+    mysql,
+    postgresql,
+    redis,
+    smtp,
+    ssh,
+    telnet,
+    vnc,
+)
+from garrison.sensors.honeypot.session import Session
+
+Serve = Callable[[Session], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Decoy:
+    """A service we pretend to run: its name, what it claims to be, and its dialogue."""
+
+    name: str
+    banner: str
+    serve: Serve
+
+
+async def _silent(s: Session) -> None:
+    """A port nobody guessed: say nothing, keep (bounded) what arrives."""
+    while True:
+        await s.recv_some()
+
+
+DECOYS: Final[Mapping[str, Decoy]] = {
+    d.name: d
+    for d in (
+        Decoy("ssh", ssh.BANNER, ssh.serve),
+        Decoy("http", http.BANNER, http.serve),
+        Decoy("ftp", ftp.BANNER, ftp.serve),
+        Decoy("smtp", smtp.BANNER, smtp.serve),
+        Decoy("telnet", telnet.BANNER, telnet.serve),
+        Decoy("mysql", mysql.BANNER, mysql.serve),
+        Decoy("postgresql", postgresql.BANNER, postgresql.serve),
+        Decoy("redis", redis.BANNER, redis.serve),
+        Decoy("elasticsearch", elasticsearch.BANNER, elasticsearch.serve),
+        Decoy("vnc", vnc.BANNER, vnc.serve),
+        Decoy("tcp", "", _silent),
+    )
+}
