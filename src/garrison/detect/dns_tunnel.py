@@ -65,14 +65,19 @@ class QueryFeatures(NamedTuple):
     sub_bytes: int
 
 
-def normalised_entropy(text: str) -> float:
-    """Shannon entropy of ``text`` divided by log2(len): 0..1 (a label of n characters can
-    never exceed log2(n) bits per character, so raw entropy would favour long labels)."""
+def normalised_entropy(text: str, alphabet: int = 0) -> float:
+    """Shannon entropy of ``text`` divided by its maximum, log2(min(len, alphabet)): 0..1.
+
+    A label of n characters can never exceed log2(n) bits per character, nor log2(k) when it
+    is drawn from k symbols (32 for base32, 37 for hostname characters); dividing by the
+    smaller bound makes short and long labels comparable. ``alphabet`` 0 means unbounded.
+    """
     n = len(text)
-    if n < 2:
+    cap = min(n, alphabet) if alphabet else n
+    if n < 2 or cap < 2:
         return 0.0
     h = -sum(c / n * math.log2(c / n) for c in Counter(text).values())
-    return h / math.log2(n)
+    return min(1.0, h / math.log2(cap))
 
 
 def _encoded(label: str, raw: str) -> str | None:
@@ -84,7 +89,7 @@ def _encoded(label: str, raw: str) -> str | None:
     if (
         _BASE32.fullmatch(label)
         and len(_DIGITS.findall(label)) >= 2
-        and normalised_entropy(label) >= 0.85
+        and normalised_entropy(label, 32) >= 0.75
     ):
         return "base32"
     if (
@@ -93,7 +98,7 @@ def _encoded(label: str, raw: str) -> str | None:
         and raw != raw.lower()
         and raw != raw.upper()
         and _DIGITS.search(raw)
-        and normalised_entropy(raw) >= 0.9
+        and normalised_entropy(raw, 64) >= 0.9
     ):
         return "base64"
     return None
@@ -138,7 +143,7 @@ def query_features(
             if kind is not None:
                 encoded = True
                 reasons.add(f"{kind}-labels")
-        if not entropic and len(lab) >= 12 and normalised_entropy(lab) >= 0.92:
+        if not entropic and len(lab) >= 12 and normalised_entropy(lab, 37) >= 0.92:
             entropic = True
     if binary:
         score += W_BINARY
@@ -225,10 +230,11 @@ class DnsTunnelDetector:
     query; the next one may alert again.
 
     Baseline: for the first ``warmup`` seconds after a client is first seen, the peak unique
-    names and bytes it sends to each domain are learned; afterwards the volume thresholds for
-    those domains are at least twice the learned peaks, so a host that always resolves many
-    names of one domain stops scoring on volume. Content is never baselined: names full of
-    binary or encoded data score the same in and after warm-up.
+    names and bytes it sends to each domain are learned (from episodes that did not alert);
+    afterwards the volume thresholds for those domains are at least ``learn_factor`` times the
+    learned peaks, so a host that always resolves many names of one domain stops scoring on
+    volume. Content is never baselined: names full of binary or encoded data score the same in
+    and after warm-up.
     """
 
     name = "dns-tunnel"
@@ -247,6 +253,7 @@ class DnsTunnelDetector:
         volume_threshold: int = 1000,
         episode_timeout: float = 600.0,
         warmup: float = 3600.0,
+        learn_factor: float = 4.0,
         max_flows: int = 50_000,
         max_clients: int = 10_000,
         max_baseline_domains: int = 512,
@@ -262,6 +269,7 @@ class DnsTunnelDetector:
         self.volume_threshold = volume_threshold
         self.episode_timeout = episode_timeout
         self.warmup = warmup
+        self.learn_factor = learn_factor
         self.max_flows = max_flows
         self.max_clients = max_clients
         self.max_baseline_domains = max_baseline_domains
@@ -401,8 +409,8 @@ class DnsTunnelDetector:
         unique_t, budget_t = float(self.unique_threshold), float(self.budget_bytes)
         peak = base.peaks.get(domain)
         if peak is not None and ts - base.first_ts > self.warmup:
-            unique_t = max(unique_t, 2.0 * peak[0])
-            budget_t = max(budget_t, 2.0 * peak[1])
+            unique_t = max(unique_t, self.learn_factor * peak[0])
+            budget_t = max(budget_t, self.learn_factor * peak[1])
         return unique_t, budget_t
 
     def _volume(self, flow: _Flow, base: _Baseline, domain: str, ts: float) -> float:
@@ -426,11 +434,12 @@ class DnsTunnelDetector:
     ) -> Event:
         unique_t, budget_t = self._thresholds(base, domain, obs.ts)
         reasons = sorted(r for r, n in flow.reasons.items() if n * 4 >= flow.unique)
-        if flow.unique >= unique_t:
+        # A volume reason is named when it made at least half of its full contribution.
+        if flow.unique >= unique_t / 2:
             reasons.append("many-unique-subdomains")
-        if flow.unique_bytes >= budget_t:
+        if flow.unique_bytes >= budget_t / 2:
             reasons.append("information-budget")
-        if flow.queries >= self.volume_threshold:
+        if flow.queries >= self.volume_threshold / 2:
             reasons.append("sustained-volume")
         zone = ".".join(flow.zone or ())
         # The actor is the outside party: a remote client tunnelling through our server, or,
