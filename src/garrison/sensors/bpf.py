@@ -2,9 +2,10 @@
 
 The kernel runs the program on every frame and hands Python only what the detectors asked for:
 
-* ``scan``: TCP segments with SYN, FIN, RST or URG set, bare segments with no payload (NULL
-  probes and unsolicited ACKs), all UDP, ICMP and ICMPv6 (port unreachables), IPv4 and IPv6.
-  Data segments of established connections, the bulk of traffic, never leave the kernel.
+* ``scan``: arriving TCP segments with SYN, FIN, RST or URG set or with no payload (NULL
+  probes and unsolicited ACKs); the host's own TCP segments only when they carry SYN or RST
+  (new flows and the answers to probes); all UDP, ICMP and ICMPv6 (port unreachables); IPv4
+  and IPv6. Data segments and the host's own ACKs, the bulk of traffic, never leave the kernel.
 * ``dns``: additionally TCP to or from port 53.
 * ``all``: every IPv4 and IPv6 packet (for byte counting).
 
@@ -31,6 +32,8 @@ TAX = 0x00
 
 SKF_AD_OFF: Final = -0x1000
 SKF_AD_HATYPE: Final = 28
+SKF_AD_PKTTYPE: Final = 4
+PACKET_OUTGOING: Final = 4
 ARPHRD_ETHER: Final = 1
 ARPHRD_LOOPBACK: Final = 772
 
@@ -109,6 +112,12 @@ def program(kind: str, snaplen: int = 256) -> list[tuple[int, int, int, int]]:
                 Insn(JMP | JEQ | K, 53, "accept", 0),
             ]
         p += [
+            Insn(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
+            Insn(JMP | JEQ | K, PACKET_OUTGOING, 0, "in4"),
+            # The host's own segments matter only as answers (SYN+ACK, RST) or new flows (SYN).
+            Insn(LD | B | IND, 14 + 13),
+            Insn(JMP | JSET | K, 0x06, "accept", "drop"),
+            "in4",
             Insn(LD | B | IND, 14 + 13),  # TCP flags
             Insn(JMP | JSET | K, 0x27, "accept", 0),  # FIN|SYN|RST|URG
             Insn(LD | B | IND, 14 + 12),  # data offset << 4
@@ -140,6 +149,11 @@ def program(kind: str, snaplen: int = 256) -> list[tuple[int, int, int, int]]:
                 Insn(JMP | JEQ | K, 53, "accept", 0),
             ]
         p += [
+            Insn(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
+            Insn(JMP | JEQ | K, PACKET_OUTGOING, 0, "in6"),
+            Insn(LD | B | ABS, 54 + 13),
+            Insn(JMP | JSET | K, 0x06, "accept", "drop"),
+            "in6",
             Insn(LD | B | ABS, 54 + 13),
             Insn(JMP | JSET | K, 0x27, "accept", 0),
             Insn(LD | B | ABS, 54 + 12),
