@@ -23,6 +23,36 @@ def on(name: str, handler: Handler | None = None) -> Any:
     return default_bus.on(name, handler)
 
 
+# Response verbs (garrison.respond): act on the running engine's service, or on one built
+# from garrison.toml when no engine installed one. Imported lazily: they pull in SQLite etc.
+def block(ip: str, duration: float | str | None = None) -> Any:
+    """Block ``ip`` for ``duration`` (seconds or ``"1h"``; default ``firewall.block_duration``)."""
+    from garrison import respond
+
+    return respond.block(ip, duration)
+
+
+def unblock(ip: str) -> bool:
+    """Lift the block on ``ip`` at once; True if it was blocked."""
+    from garrison import respond
+
+    return respond.unblock(ip)
+
+
+def investigate(ip: str) -> dict[str, Any]:
+    """Everything Garrison knows about ``ip`` (reputation, scans, alerts, kill chain, ...)."""
+    from garrison import respond
+
+    return respond.investigate(ip)
+
+
+def collect_evidence(ip: str) -> dict[str, Any]:
+    """An evidence bundle about ``ip``: metadata, summary and the raw evidence."""
+    from garrison import respond
+
+    return respond.collect_evidence(ip)
+
+
 __all__ = [
     "Component",
     "Event",
@@ -31,7 +61,11 @@ __all__ = [
     "GarrisonConfig",
     "Severity",
     "__version__",
+    "block",
+    "collect_evidence",
     "default_bus",
+    "investigate",
     "load_config",
     "on",
+    "unblock",
 ]
