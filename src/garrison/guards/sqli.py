@@ -1,0 +1,540 @@
+"""SQL-injection detection for single user inputs (query values, form fields, headers, cookies).
+
+``inspect(value, paranoia=1)`` returns a :class:`Finding` or ``None``. The decision is lexical:
+the input is tokenized as SQL (:mod:`garrison.guards.sqllex`) in each context it could be spliced
+into -- as a bare value (a number or a name), and as the rest of a single- or double-quoted string
+(the input is read as if a quote preceded it, the way libinjection does) -- and each token stream
+is checked for the shapes an injection needs: breaking out of the value and continuing with a
+logical or comparison operator and a well-formed operand, ``UNION SELECT``, a stacked statement
+after ``;``, a comment that truncates the rest of the query, a clause (``ORDER BY``, ``HAVING``,
+``INTO OUTFILE``) glued to the value, or calls of time-delay, file and system functions.
+Functions are matched on tokens, never substrings: ``sleep_hours`` is a word, ``sleep(5)`` a call.
+
+Paranoia levels (1..4) trade false positives for reach: 1 is tuned to flag almost no ordinary
+text; 2 also flags bare-operand logic on numbers (``1 or 1``), comments after a value and
+information functions such as ``version()`` on their own; 3 also decodes one level of
+percent-encoding and flags any SQL function call with SQL arguments and ``SELECT ... FROM``
+anywhere; 4 flags any quote break-out followed by SQL syntax.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Final
+
+from garrison.guards.sqllex import (
+    DANGEROUS_FUNCTIONS,
+    FUNCTIONS,
+    INFO_FUNCTIONS,
+    Token,
+    tokenize,
+    words,
+)
+
+__all__ = ["Finding", "inspect"]
+
+MAX_INPUT: Final = 8192
+"""Characters of an input that are inspected; the rest is ignored so the cost stays bounded."""
+
+# Flags of a parsed expression (see _expr).
+_OP, _CMP, _SQL = 1, 2, 4
+
+_OPERAND: Final = frozenset("1snv")
+_CONTINUE: Final = frozenset("c;)&UB,ko")
+_COMPARE: Final = words(
+    """
+    = <> != < > <= >= <=> !< !> LIKE RLIKE ILIKE REGEXP GLOB IS IN BETWEEN SOUNDS NOT MATCH
+    SIMILAR
+    """
+)
+_BITWISE: Final = frozenset({"&", "|", "^", "DIV", "MOD", "<<", ">>", "||"})
+_UNARY: Final = frozenset({"-", "+", "~", "!", "NOT", "BINARY"})
+_AT_AT: Final = words(
+    """
+    @@VERSION @@DATADIR @@HOSTNAME @@BASEDIR @@SERVERNAME @@SPID @@LANGUAGE @@TMPDIR
+    @@VERSION_COMPILE_OS @@GLOBAL @@SESSION @@PLUGIN_DIR
+    """
+)
+_DDL_OBJECTS: Final = words(
+    """
+    TABLE DATABASE VIEW INDEX PROCEDURE FUNCTION TRIGGER SCHEMA USER LOGIN
+    """
+)
+_CONTEXTS: Final = (("value", ""), ("single-quote", "'"), ("double-quote", '"'))
+_END: Final = Token("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Why an input was judged to be SQL injection.
+
+    ``fingerprint`` is the token-type string of the input in the context that matched (see
+    :mod:`garrison.guards.sqllex`; at most 16 characters), ``context`` that context (``value``,
+    ``single-quote`` or ``double-quote``), ``reason`` a short explanation, ``evidence`` the text
+    of the tokens around the match (at most 120 characters) and ``paranoia`` the level used.
+    """
+
+    fingerprint: str
+    context: str
+    reason: str
+    evidence: str
+    paranoia: int
+
+
+def inspect(value: str | bytes, paranoia: int = 1) -> Finding | None:
+    """Judge one input value; a :class:`Finding` when it carries SQL injection, else ``None``."""
+    if not 1 <= paranoia <= 4:
+        raise ValueError(f"paranoia must be 1..4, got {paranoia!r}")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not value:
+        return None
+    value = value[:MAX_INPUT]
+    finding = _inspect_text(value, paranoia)
+    if finding is None and paranoia >= 3 and "%" in value:
+        decoded = urllib.parse.unquote_plus(value)
+        if decoded != value:
+            finding = _inspect_text(decoded, paranoia)
+    return finding
+
+
+def _inspect_text(value: str, paranoia: int) -> Finding | None:
+    if value.isalnum() and paranoia < 4:
+        return None  # one plain word or number: no SQL syntax possible
+    if "/*!" in value:
+        # MySQL executable comments exist to hide SQL from everything but MySQL.
+        return Finding("c", "value", "MySQL executable comment /*!", value[:120], paranoia)
+    for context, quote in _CONTEXTS:
+        if quote and quote not in value:
+            continue  # the whole input stays inside the string literal
+        toks = tokenize(quote + value)
+        hit = _anywhere(toks, paranoia) or _breakout(toks, quote, paranoia)
+        if hit is not None:
+            reason, at = hit
+            fp = "".join(t.type for t in toks)[:16]
+            evidence = " ".join(t.text for t in toks[max(0, at - 2) : at + 4])[:120]
+            return Finding(fp, context, reason, evidence, paranoia)
+    return None
+
+
+def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
+    """Shapes that are SQL wherever they appear: UNION SELECT, stacked statements, calls."""
+    n = len(toks)
+    for i, t in enumerate(toks):
+        ty = t.type
+        if ty == "U" and _skip(toks, i + 1, "c(").type == "E":
+            return "UNION SELECT grafted onto the query", i
+        if ty == ";" and i > 0:
+            hit = _stacked(toks, i, paranoia)
+            if hit:
+                return hit, i
+        elif ty == "f" and i + 1 < n and toks[i + 1].type == "(":
+            name = t.text.removeprefix("SYS.")
+            if name in DANGEROUS_FUNCTIONS and _call_ok(toks, i + 1):
+                return f"call of time-delay/file/system function {t.text}()", i
+            if name in INFO_FUNCTIONS and i + 2 < n and toks[i + 2].type == ")" and (
+                paranoia >= 2 or _sqlish_neighbours(toks, i)
+            ):
+                return f"call of database information function {t.text}()", i
+            if paranoia >= 3 and _known(name) and _call_ok(toks, i + 1) and (
+                i + 2 < n and toks[i + 2].type in "1svf)"
+            ):
+                return f"SQL function call {t.text}()", i
+        elif ty == "E":
+            hit = _statement(toks, i, paranoia)
+            if hit:
+                return hit, i
+        elif ty == "B" and t.text == "INTO" and _skip(toks, i + 1, "c").text in (
+            "OUTFILE", "DUMPFILE",
+        ):
+            return "INTO OUTFILE file write", i
+        elif ty == "v" and t.text.upper().split(".")[0] in _AT_AT and (n > 1 or paranoia >= 2):
+            return f"server variable {t.text}", i
+    return None
+
+
+def _sqlish_neighbours(toks: list[Token], i: int) -> bool:
+    """The empty call at ``i`` is joined to other SQL: an operator, comma or paren beside it."""
+    before = toks[i - 1].type if i > 0 else ""
+    after = toks[i + 3].type if i + 3 < len(toks) else ""
+    return before in ("o", "&", ",", "(", "E", "k", "s", "1") or after in (
+        "o", "&", ",", ")", "c", "k", "s",
+    )
+
+
+def _stacked(toks: list[Token], i: int, paranoia: int) -> str | None:
+    """A second statement after the ``;`` at ``i``."""
+    j = _skip_i(toks, i + 1, "c")
+    if j >= len(toks):
+        return None
+    nxt = toks[j]
+    after = _skip(toks, j + 1, "c")
+    if nxt.type == "E":
+        if _statement(toks, j, paranoia, after_semicolon=True) or ((
+            after.type in "c;" or after is _END
+        ) and nxt.text not in ("DECLARE", "REPLACE")):
+            return f"stacked statement {nxt.text} after ';'"
+        return None
+    third = _skip(toks, j + 2, "c")
+    weak = {
+        "SET": after.type == "v" or (after.type == "n" and third.text in ("=", ":=")),
+        "IF": after.type in "(f" or after.text in ("NOT", "EXISTS") or bool(
+            after.type == "1" and _expr(toks, j + 1)[1] & _CMP
+        ),
+        "WHILE": bool(_expr(toks, j + 1)[1] & _CMP),
+        "BEGIN": after.type == "E" or after.text in ("DECLARE", "TRAN", "TRANSACTION"),
+        "LOAD": after.text in ("DATA", "XML"),
+        "COPY": after.type == "n" and third.text in ("FROM", "TO"),
+        "CALL": after.type == "f",
+        "SHOW": after.text in ("TABLES", "DATABASES", "GRANTS", "VARIABLES", "PROCESSLIST"),
+        "USE": after.type == "n" and third.type in "E;c",
+    }
+    if weak.get(nxt.text, False):
+        return f"stacked statement {nxt.text} after ';'"
+    return None
+
+
+def _statement(
+    toks: list[Token], i: int, paranoia: int, after_semicolon: bool = False
+) -> str | None:
+    """A statement keyword at ``i`` laid out as SQL (object keyword, names, clauses)."""
+    t = toks[i].text
+    prev = toks[i - 1].type if i > 0 else ""
+    rest = [x for x in toks[i + 1 : i + 6] if x.type != "c"]
+    first = rest[0] if rest else _END
+    second = rest[1] if len(rest) > 1 else _END
+    if t == "SELECT":
+        return _select(toks, i, paranoia, after_semicolon)
+    if t == "WAITFOR":
+        return "WAITFOR time-delay statement" if first.text in ("DELAY", "TIME") else None
+    if t == "DECLARE":
+        return "DECLARE of a variable" if first.type == "v" else None
+    if t == "UPDATE" and first.type == "n" and second.text == "SET":
+        third = rest[2] if len(rest) > 2 else _END
+        fourth = rest[3] if len(rest) > 3 else _END
+        if third.type in "nv" and fourth.text == "=":
+            return "UPDATE ... SET statement"
+        return None
+    opening = prev in ("", "(", ";", "c", "s", ")") or after_semicolon or paranoia >= 3
+    if not opening:
+        return None
+    ended = after_semicolon or prev in ("s", ";", ")") or any(
+        x.type in ";c" for x in toks[i + 1 :]
+    )
+    if t in ("EXEC", "EXECUTE") and first.type in "nfv":
+        if first.text.startswith(("XP_", "SP_", "MASTER.", "SYS.")) or first.type == "v":
+            return f"{t} of a stored procedure"
+        if first.type == "v" or (first.type == "n" and second.type in "s1v(;c"):
+            return f"{t} of a stored procedure" if after_semicolon else None
+        return None
+    if t == "SHUTDOWN":
+        return "SHUTDOWN statement" if prev in (";", "s") or after_semicolon else None
+    if t in ("DROP", "TRUNCATE", "ALTER", "CREATE") and first.text in _DDL_OBJECTS:
+        return f"{t} {first.text} statement" if ended or paranoia >= 2 else None
+    if t == "TRUNCATE" and first.type == "n" and after_semicolon:
+        return "TRUNCATE statement"
+    if t == "DELETE":
+        k = next((x for x in rest if x.text not in ("LOW_PRIORITY", "QUICK", "IGNORE")), _END)
+        idx = rest.index(k) if k is not _END else -1
+        if k.text == "FROM" and idx + 1 < len(rest) and rest[idx + 1].type == "n":
+            return "DELETE FROM statement" if ended or paranoia >= 2 else None
+    if t == "INSERT" and first.text == "INTO" and second.type in "nf":
+        return "INSERT INTO statement" if ended or paranoia >= 2 else None
+    return None
+
+
+def _select(toks: list[Token], i: int, paranoia: int, after_semicolon: bool) -> str | None:
+    """A ``SELECT`` with an SQL select list (calls, numbers, ``*``, several columns) or a
+    ``FROM`` that is followed by SQL."""
+    n = len(toks)
+    prev = toks[i - 1].type if i > 0 else ""
+    opening = prev in ("", "(", ";", "&", "o", ",", "s", "c") or after_semicolon
+    j = _skip_i(toks, i + 1, "c")
+    while j < n and toks[j].type == "o" and toks[j].text in _UNARY:
+        j += 1
+    nxt = toks[j] if j < n else _END
+    if nxt.type in "vf(" or nxt.text in ("*", "DISTINCT", "TOP", "CASE"):
+        return "SELECT subquery"
+    if nxt.type in "1s" and (opening or after_semicolon):
+        after = _skip(toks, j + 1, "c")
+        if after.type in ",)c;&oUk" or after is _END:
+            return "SELECT subquery"
+    listed = False
+    for k in range(j, min(n, j + 16)):
+        tk = toks[k]
+        if tk.type in ",f":
+            listed = True
+        if tk.text == "FROM":
+            if not (opening or paranoia >= 3) or k + 1 >= n or toks[k + 1].type not in "n(":
+                return None
+            if listed:
+                return "SELECT ... FROM query"
+            after = _skip(toks, k + 2, "c")
+            if after is _END or after.type in "c;)UB&":
+                return "SELECT ... FROM query"
+            if after.text == "WHERE" and _expr(toks, _skip_i(toks, k + 3, "c"))[1] & _CMP:
+                return "SELECT ... FROM ... WHERE query"
+            return None
+        if tk.type in "E;U":
+            return None
+    return None
+
+
+def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] | None:
+    """The value ends early (a closed quote, a number, a name) and SQL follows it."""
+    n = len(toks)
+    hflags = 0
+    if quote:
+        head, i = toks[0], 1
+    else:
+        start = _skip_i(toks, 0, "o")
+        if start >= n or toks[start].type not in "1nvf(":
+            return None
+        i, hflags = _expr(toks, 0)
+        if i < 0:
+            return None
+        head = toks[start]
+        if i == start + 1 and head.type == "1":
+            hflags |= 8  # a single number: the classic numeric parameter
+        if head.type in "1(":
+            hflags |= 16  # an arithmetic or parenthesised expression
+        if hflags & _SQL and hflags & _OP and i == n:
+            return "SQL expression with function calls as the value", 0
+    closers = 0
+    while i < n and toks[i].type == ")":
+        i += 1
+        closers += 1
+    if i >= n:
+        return None
+    t = toks[i]
+    if t.type == "c":
+        j = _skip_i(toks, i, "c")
+        if j >= n:
+            return _truncation(t.text, quote, hflags, closers, paranoia, i)
+        i, t = j, toks[j]
+    ty = t.type
+    dq = quote == '"'
+    if ty == "U":
+        nxt = _skip(toks, i + 1, "c")
+        if nxt is _END or nxt.type in "E(1vo":
+            return "UNION after the value", i
+        return None
+    if ty == "&":
+        return _logic(toks, i, quote, hflags, paranoia)
+    if ty == "o":
+        k = i + 1
+        while k < n and toks[k].type == "o" and toks[k].text.isalpha():
+            k += 1  # SOUNDS LIKE, NOT LIKE
+        end, flags = _expr(toks, k)
+        if end < 0 or (end < n and toks[end].type not in _CONTINUE):
+            return None
+        tail = end < n and _tail(toks, end)
+        if flags & _SQL or tail:
+            return f"operator {t.text} with SQL after the value", i
+        if not quote or dq:
+            return None
+        last = toks[end - 1]
+        if t.text in _COMPARE or t.text in _BITWISE:
+            if not (t.text.isalpha() and last.type == "n"):
+                return f"operator {t.text} after the closed string", i
+        elif flags & _CMP or (last.type == "s" and last.text.startswith("'")):
+            return f"operator {t.text} after the closed string", i
+        return None
+    if ty == ";" and quote and i + 1 < n and toks[i + 1].type == "c":
+        return "statement terminated after the closed string", i
+    if ty == "B":
+        return _clause(toks, i, quote, hflags)
+    if ty == "k" and t.text in ("WHERE", "FROM", "AS") and i + 1 < n:
+        end, flags = _expr(toks, i + 1)
+        if end >= 0 and flags & (_CMP | _SQL) and (quote or hflags & 8):
+            return f"{t.text} clause after the value", i
+    return None
+
+
+def _truncation(
+    text: str, quote: str, hflags: int, closers: int, paranoia: int, at: int
+) -> tuple[str, int] | None:
+    """The input ends in a comment right after the value: it cuts off the rest of the query."""
+    if quote:
+        if _strong_comment(text) or text.upper().startswith("--SP_PASSWORD"):
+            return "comment truncates the query after the closed string", at
+        return None
+    if _bare_comment(text) and (hflags & (8 | 16 | _CMP | _SQL) or closers):
+        return "comment truncates the query after the value", at
+    if paranoia >= 2 and _strong_comment(text):
+        return "comment after the value", at
+    return None
+
+
+def _logic(
+    toks: list[Token], i: int, quote: str, hflags: int, paranoia: int
+) -> tuple[str, int] | None:
+    """``AND``/``OR``/``XOR``/``&&``/``||`` at ``i`` followed by a well-formed operand."""
+    n = len(toks)
+    t = toks[i]
+    end, flags = _expr(toks, i + 1)
+    if end < 0 or (end < n and toks[end].type not in _CONTINUE):
+        return None
+    tail = end < n and _tail(toks, end)
+    if quote:
+        single = _skip_i(toks, i + 1, "o") == end - 1
+        last = toks[end - 1]
+        if quote == '"' and not (flags or tail or (single and last.text.startswith('"'))):
+            return None
+        if single and last.type == "n" and not tail:
+            return None
+        return f"logic operator {t.text} after the closed string", i
+    if flags & (_CMP | _SQL) or tail or (paranoia >= 2 and hflags & 8):
+        return f"logic operator {t.text} after the value", i
+    if hflags & 8 and end < n and toks[end].type == "c" and _bare_comment(toks[end].text):
+        return f"logic operator {t.text} after the value", i
+    return None
+
+
+def _clause(toks: list[Token], i: int, quote: str, hflags: int) -> tuple[str, int] | None:
+    """``ORDER BY``/``GROUP BY``/``HAVING``/``LIMIT``/``PROCEDURE`` glued to the value."""
+    n = len(toks)
+    t = toks[i]
+    first = _skip(toks, i + 1, "c")
+    if t.text == "INTO":
+        return None  # INTO OUTFILE is judged on its own
+    if t.text in ("LIMIT", "OFFSET") and first.type != "1":
+        return None
+    if t.text == "PROCEDURE" and first.type != "f":
+        return None
+    end, flags = _expr(toks, _skip_i(toks, i + 1, "c"))
+    if end < 0 or (end < n and toks[end].type not in _CONTINUE):
+        return None
+    tail = end < n and _tail(toks, end)
+    if (quote == "'" and first.type in "1n(f") or flags & (_CMP | _SQL) or tail:
+        return f"{t.text} clause after the value", i
+    if first.type == "1" and (quote or hflags & 8):
+        return f"{t.text} clause after the value", i
+    return None
+
+
+def _tail(toks: list[Token], end: int) -> bool:
+    """What follows an expression proves SQL: a truncating comment, ``;``, more logic, UNION,
+    another clause."""
+    t = toks[end]
+    if t.type == "c":
+        return _bare_comment(t.text) or (_strong_comment(t.text) and end + 1 == len(toks))
+    if t.type in ";U":
+        return True
+    if t.type in "&B":
+        k = _skip_i(toks, end + 1, "c")
+        e2, flags = _expr(toks, k)
+        return e2 >= 0 and bool(
+            flags & (_CMP | _SQL) or (e2 == k + 1 and toks[k].type in "1s" and t.type == "&")
+        )
+    return False
+
+
+def _strong_comment(text: str) -> bool:
+    """A comment that SQL engines accept as cutting off the rest of the query."""
+    if text.startswith("/*"):
+        return True
+    if text.startswith("--"):
+        return len(text) == 2 or text[2] in " \t\r\n-+#;'\"/"
+    return _bare_comment(text) or text[1:2] in ("\r", "\n")
+
+
+def _bare_comment(text: str) -> bool:
+    """A comment with (almost) nothing in it, as used to cut a query: ``--``, ``#``, ``-- -``."""
+    body = text[2:] if text.startswith(("--", "/*")) else text[1:]
+    return len(body.strip(" \t\r\n-+#*/;")) == 0
+
+
+def _expr(toks: list[Token], i: int) -> tuple[int, int]:
+    """Parse ``operand (op operand)*`` from ``i``: (end index, flags) or (-1, 0).
+
+    Flags: ``_OP`` an operator, ``_CMP`` a comparison, ``_SQL`` a call of a known SQL function,
+    a subquery or logic inside parentheses. Trailing comments are not consumed.
+    """
+    n = len(toks)
+    flags = 0
+    while True:
+        while i < n and (toks[i].type == "c" or (toks[i].type == "o" and toks[i].text in _UNARY)):
+            i += 1
+        if i >= n:
+            return -1, 0
+        t = toks[i]
+        if t.type in _OPERAND:
+            i += 1
+        elif t.type in "f(":
+            j = i + 1 if t.type == "f" else i
+            if j >= n or toks[j].type != "(":
+                if t.type != "f":
+                    return -1, 0
+                i += 1
+            else:
+                close = _match_paren(toks, j)
+                inner = toks[j + 1 : close]
+                if (t.type == "f" and _known(t.text)) or any(
+                    x.type in "E&" or (x.type == "f" and _known(x.text)) for x in inner
+                ):
+                    flags |= _SQL
+                elif any(x.type == "o" for x in inner):
+                    flags |= _OP | (_CMP if any(x.text in _COMPARE for x in inner) else 0)
+                i = close + 1
+        elif t.text in ("EXISTS", "ANY", "ALL", "SOME") and i + 1 < n and toks[i + 1].type == "(":
+            i += 1
+            continue
+        elif t.text == "CASE" and any(x.text == "WHEN" for x in toks[i : i + 6]):
+            flags |= _SQL
+            i += 1
+        else:
+            return -1, 0
+        j = i
+        while j < n and toks[j].type == "c":
+            j += 1
+        if j < n and toks[j].type == "o":
+            flags |= _OP
+            if toks[j].text in _COMPARE:
+                flags |= _CMP
+            i = j + 1
+            while i < n and toks[i].type == "o" and toks[i].text.isalpha():
+                i += 1  # SOUNDS LIKE, NOT LIKE, IS NOT
+            continue
+        return i, flags
+
+
+def _known(name: str) -> bool:
+    return name in FUNCTIONS or name.rsplit(".", 1)[-1] in FUNCTIONS
+
+
+def _match_paren(toks: list[Token], i: int) -> int:
+    depth = 0
+    for j in range(i, len(toks)):
+        if toks[j].type == "(":
+            depth += 1
+        elif toks[j].type == ")":
+            depth -= 1
+            if depth == 0:
+                return j
+    return len(toks) - 1
+
+
+def _call_ok(toks: list[Token], i: int) -> bool:
+    """Arguments from the ``(`` at ``i`` look like SQL: no two operands side by side (which is
+    how prose such as ``sleep (8 hours)`` reads)."""
+    close = _match_paren(toks, i)
+    prev = ""
+    for t in toks[i + 1 : close]:
+        if t.type in _OPERAND and prev in _OPERAND:
+            return False
+        if t.type != "c":
+            prev = t.type
+    return True
+
+
+def _skip(toks: list[Token], i: int, types: str) -> Token:
+    j = _skip_i(toks, i, types)
+    return toks[j] if j < len(toks) else _END
+
+
+def _skip_i(toks: list[Token], i: int, types: str) -> int:
+    while i < len(toks) and toks[i].type in types:
+        i += 1
+    return i
