@@ -133,6 +133,11 @@ class Session:
         del self._buf[:n]
         return data
 
+    async def wait_data(self) -> None:
+        """Wait until some input is buffered, consuming none of it."""
+        if not self._buf:
+            await self._fill()
+
     def buffered(self) -> int:
         """Bytes received but not yet consumed."""
         return len(self._buf)

@@ -61,7 +61,8 @@ async def _line(s: Session) -> bytes:
 async def serve(s: Session) -> None:
     """Negotiate, wait for the client to answer, then run the ``login:`` dialogue."""
     await s.send(NEGOTIATION)
-    await s.recv_some(512)  # the client's option replies (or the first keystrokes)
+    # The client's option replies (stripped later) or already its first keystrokes (kept).
+    await s.wait_data()
     # WILL SUPPRESS-GO-AHEAD; no WILL ECHO, so the client echoes the visitor's typing itself.
     await s.send(b"\xff\xfb\x03Debian GNU/Linux 12\r\n")
     for _ in range(MAX_LOGINS):
