@@ -8,35 +8,46 @@ from collections.abc import Iterable
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class HomeNet:
+class HomeNet(dict[str, bool]):
     """The defended addresses. Empty means "every address is home" (replay without a
-    ``--home-net``): every destination is then a possible scan target."""
+    ``--home-net``): every destination is then a possible scan target.
+
+    ``ip in home`` answers membership; ``home[ip]`` answers the same from a C-level dict lookup
+    once an address has been seen (the hot path of per-packet detectors). The cache is bounded:
+    an outside party chooses the keys.
+    """
 
     def __init__(self, networks: Iterable[Network | str] = (), cache_size: int = 65536) -> None:
+        super().__init__()
         self.networks: list[Network] = [
             n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False)
             for n in networks
         ]
-        self._cache: dict[str, bool] = {}
         self._cache_size = cache_size
         self.any = not self.networks
 
-    def __contains__(self, ip: object) -> bool:
+    def __missing__(self, ip: str) -> bool:
         if self.any:
-            return True
-        if not isinstance(ip, str):
-            return False
-        hit = self._cache.get(ip)
-        if hit is None:
+            hit = True
+        else:
             try:
                 addr = ipaddress.ip_address(ip)
-            except ValueError:
+            except (ValueError, TypeError):
                 return False
             hit = any(addr in n for n in self.networks)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # bounded: an outside party picks the keys
-            self._cache[ip] = hit
+        if len(self) >= self._cache_size:
+            self.clear()
+        self[ip] = hit
         return hit
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, str) and self[ip]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HomeNet) and self.networks == other.networks
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return id(self)
 
     @property
     def address_count(self) -> int:

@@ -143,7 +143,7 @@ class ScanDetector:
 
     def __init__(self, config: ScannerConfig | None = None, home: HomeNet | None = None) -> None:
         self.cfg = config or ScannerConfig()
-        self.home = home or HomeNet()
+        self.home = home if home is not None else HomeNet()
         self.sources: OrderedDict[str, _Source] = OrderedDict()
         self.targets: OrderedDict[str, _Target] = OrderedDict()
         self.flows: dict[tuple[str, int, str, int], None] = {}
@@ -160,10 +160,10 @@ class ScanDetector:
     # -- packets ----------------------------------------------------------------------------
     def observe(self, obs: Packet) -> list[Event]:
         out: list[Event] = []
-        home = self.home
-        if obs.dst in home and obs.src != obs.dst:
+        home = self.home  # home[ip] is a dict lookup once the address has been seen
+        if home[obs.dst] and obs.src != obs.dst:
             self._inbound(obs, out)
-        if obs.src in home:
+        if home[obs.src]:
             self._outbound(obs, out)
         return out
 

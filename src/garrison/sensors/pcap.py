@@ -112,6 +112,39 @@ def _pcapng_frames(
         off += blen
 
 
+def _pcap_packets(path: str | Path, magic: bytes, st: DecodeStats) -> Iterator[Packet]:
+    """Classic pcap: records read and decoded in one loop (the replay hot path; the same
+    records and decoder as :func:`read_frames`, minus a generator layer per packet)."""
+    endian, tps = PCAP_MAGICS[magic]
+    with open(path, "rb") as fh:
+        try:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise CaptureFormatError(f"{path}: pcap file header truncated") from None
+        try:
+            if len(buf) < 24:
+                raise CaptureFormatError(f"{path}: pcap file header truncated")
+            linktype = struct.unpack_from(endian + "I", buf, 20)[0] & 0x0FFFFFFF
+            try:
+                dec = decoder_for(linktype, st)
+            except ValueError:
+                raise CaptureFormatError(f"{path}: unsupported link type {linktype}") from None
+            rec = struct.Struct(endian + "IIII").unpack_from
+            off, end = 24, len(buf)
+            while off + 16 <= end:
+                sec, frac, incl, _orig = rec(buf, off)
+                off += 16
+                if off + incl > end:
+                    st.drop("truncated-record")
+                    return
+                pkt = dec((sec * tps + frac) / tps, buf[off:off + incl])
+                off += incl
+                if pkt is not None:
+                    yield pkt
+        finally:
+            buf.close()
+
+
 def _if_tsresol(buf: bytes | mmap.mmap, opt: int, end: int, endian: str) -> int:
     """Timestamp ticks per second from an IDB's if_tsresol option (default microseconds)."""
     while opt + 4 <= end:
@@ -128,6 +161,11 @@ def _if_tsresol(buf: bytes | mmap.mmap, opt: int, end: int, endian: str) -> int:
 def read_packets(path: str | Path, stats: DecodeStats | None = None) -> Iterator[Packet]:
     """Yield every IP packet in a pcap/pcapng file as a :class:`Packet`."""
     st = stats if stats is not None else DecodeStats()
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head in PCAP_MAGICS:
+        yield from _pcap_packets(path, head, st)
+        return
     decoders: dict[int, Decoder] = {}
     for linktype, ts, frame in read_frames(path, st):
         dec = decoders.get(linktype)
