@@ -175,5 +175,7 @@ class Session:
             self.dropped_captures += 1
 
     def sample_text(self) -> str:
-        """The captured input as escaped text (at most ``max_capture`` input bytes)."""
-        return escape(bytes(self.sample), self._max_capture)
+        """The captured input as escaped text (at most ``max_capture`` input bytes; ``...``
+        marks that more arrived)."""
+        cut = "..." if self.bytes_in > len(self.sample) else ""
+        return escape(bytes(self.sample), self._max_capture) + cut
