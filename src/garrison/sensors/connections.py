@@ -41,8 +41,10 @@ TCP_STATES: Final = {
     6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
 }
 LISTEN: Final = 10
-# States of a flow worth reporting (TIME_WAIT and friends are the end of one already seen).
-_LIVE_TCP: Final = frozenset({1, 2, 3})
+# States of a flow worth reporting: TIME_WAIT and friends are the end of one already seen, but
+# CLOSE_WAIT is a half-closed flow that can still send everything it wants (an upload to a
+# receiver that shut its own side at once looks exactly like that).
+_LIVE_TCP: Final = frozenset({1, 2, 3, 8})
 TABLES: Final = (("tcp", 4), ("tcp6", 6), ("udp", 4), ("udp6", 6))
 MAX_CMDLINE: Final = 1024  # characters of a command line kept
 

@@ -1,0 +1,181 @@
+"""Real tools between network namespaces: an upload by ncat and an iodine tunnel.
+
+Traffic is recorded with tcpdump inside the defended namespace and replayed through the
+analytics (the same path as ``garrison replay``); the connection sensor reads the namespaces'
+real socket tables while the tools run, so the exfil alert can name the process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from garrison import analytics
+from garrison.bus import EventBus
+from garrison.config import GarrisonConfig
+from garrison.engine import Garrison
+from garrison.events import DNS_TUNNEL, EXFIL, Event
+from garrison.sensors.connections import Connection, SocketTable
+from garrison.sensors.pcap import read_packets
+from tests.support.netns import (
+    DEFENDED_V4,
+    DEFENDED_V6,
+    OUTSIDE_V4,
+    OUTSIDE_V6,
+    Topology,
+    require_root_tools,
+    topology,
+)
+
+UPLOAD = 50 * 1024 * 1024  # bytes
+CHUNK = 1024 * 1024
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll ``check`` until it returns something truthy, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    require_root_tools("ncat", "tcpdump")
+    with topology("ga") as t:
+        yield t
+
+
+class Capture:
+    """tcpdump in a namespace, writing a pcap; ``stop()`` flushes and returns the path."""
+
+    def __init__(self, topo: Topology, ns: str, iface: str, path: Path, bpf: str) -> None:
+        self.proc = topo.popen(ns, ["tcpdump", "-i", iface, "-s", "256", "-U", "-w", str(path),
+                                    bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.path = path
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline().decode()  # "listening on ..." once it captures
+        assert "listening" in line, line
+
+    def stop(self) -> Path:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=20)
+        return self.path
+
+
+def replay_with(path: Path, extra: list[Connection]) -> list[Event]:
+    cfg = GarrisonConfig.model_validate({
+        "home_net": [f"{DEFENDED_V4}/32", f"{DEFENDED_V6}/128"],
+        "connections": {"enabled": False},
+    })
+    engine = Garrison(cfg, bus=EventBus())
+    analytics.install(engine)
+    items: list[Any] = [*read_packets(path), *extra]
+    items.sort(key=lambda o: o.ts)
+    events: list[Event] = []
+    for obs in items:
+        events += engine.feed(obs)
+    return events + engine.finish()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("target", [OUTSIDE_V4, OUTSIDE_V6], ids=["ipv4", "ipv6"])
+def test_upload_to_odd_port_names_pid_and_command_line(
+    topo: Topology, tmp_path: Path, target: str
+) -> None:
+    port = 4444
+    sink = topo.popen(topo.outside, ["ncat", "-l", "-k", str(port), "--recv-only"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    table = SocketTable()
+    try:
+        wait_for("the listener", lambda: any(
+            e.local_port == port and e.state == 10 for _ns, e in table.sockets()))
+        cap = Capture(topo, topo.defended, topo.defended_if, tmp_path / "up.pcap",
+                      f"tcp port {port}")
+        table.poll(time.time())
+        sender = topo.popen(topo.defended, ["ncat", target, str(port), "--send-only"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+        seen: list[Connection] = []
+
+        def sender_socket() -> list[Connection]:
+            seen.extend(table.poll(time.time()))
+            return [c for c in seen if c.pid == sender.pid and c.remote_port == port]
+
+        conns = wait_for("ncat's socket in the defended namespace", sender_socket)
+        c = conns[0]
+        assert ipaddress.ip_address(c.remote_addr) == ipaddress.ip_address(target)
+        assert c.direction == "outbound" and c.process_name == "ncat"
+        assert sender.stdin is not None
+        block = os.urandom(CHUNK)
+        for _ in range(UPLOAD // CHUNK):
+            sender.stdin.write(block)
+        sender.stdin.close()
+        assert sender.wait(timeout=60) == 0
+        path = cap.stop()
+    finally:
+        sink.kill()
+        sink.wait(timeout=10)
+    events = [e for e in replay_with(path, seen) if e.name == EXFIL]
+    assert events, "no exfil event for a 50 MB upload"
+    big = events[-1]
+    assert big.detail["type"] == "large-upload"
+    assert big.detail["pid"] == sender.pid
+    assert "ncat" in big.detail["command_line"] and target in big.detail["command_line"]
+    assert ipaddress.ip_address(big.destination_ip or "") == ipaddress.ip_address(target)
+    assert big.destination_port == port and big.detail["ip"] == big.destination_ip
+
+
+@pytest.mark.root
+def test_live_iodine_tunnel_is_caught(topo: Topology, tmp_path: Path) -> None:
+    require_root_tools("iodine", "iodined")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun for iodine")
+    cap = Capture(topo, topo.defended, topo.defended_if, tmp_path / "dns.pcap", "port 53")
+    server = topo.popen(topo.defended, ["iodined", "-f", "-l", DEFENDED_V4, "-P", "garrison",
+                                        "10.53.0.1/27", "t.tun.test"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = None
+    try:
+        table = SocketTable()
+        wait_for("iodined listening", lambda: any(
+            e.proto == "udp" and e.local_port == 53 for _ns, e in table.sockets()))
+        # -r: no raw UDP mode, so everything really goes through DNS queries.
+        client = topo.popen(topo.outside, ["iodine", "-f", "-r", "-P", "garrison", DEFENDED_V4,
+                                           "t.tun.test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert client.stderr is not None
+        stderr = client.stderr
+
+        def connected() -> bool:
+            line = stderr.readline().decode(errors="replace")
+            if not line and client.poll() is not None:
+                raise AssertionError(f"iodine exited with {client.returncode}")
+            return "Connection setup complete" in line
+
+        wait_for("the iodine tunnel", connected, timeout=60)
+        # Push some data through the tunnel.
+        topo.run(topo.outside, ["ping", "-c", "20", "-i", "0.05", "-s", "800", "10.53.0.1"],
+                 check=False, timeout=60)
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait(timeout=10)
+        path = cap.stop()
+    events = [e for e in replay_with(path, []) if e.name == DNS_TUNNEL]
+    assert len(events) == 1
+    d = events[0].detail
+    assert d["domain"] == "t.tun.test" and d["client"] == OUTSIDE_V4 and d["ip"] == OUTSIDE_V4
