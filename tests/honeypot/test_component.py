@@ -145,3 +145,26 @@ async def test_auto_takes_free_unwanted_ports_and_gives_them_back() -> None:
     finally:
         await comp.stop()
         holder.close()
+
+
+async def test_a_newcomer_gets_in_when_one_source_holds_every_slot() -> None:
+    (port,) = free_ports(1)
+    comp = HoneypotComponent(
+        HoneypotConfig(services={port: "ssh"}, bind=["127.0.0.1"], max_sessions=4,
+                       max_sessions_per_source=4, idle_timeout=5.0),
+        emit=lambda e: None,
+    )
+    await comp.open()
+    try:
+        hog = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        for r, _ in hog:
+            await r.readline()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                       local_addr=("127.0.0.2", 0))
+        assert (await reader.readline()).startswith(b"SSH-2.0-OpenSSH")
+        await until(lambda: comp.stats["evicted"] == 1 and comp.active_sessions == 4)
+        assert await asyncio.wait_for(hog[0][0].read(), 2) == b""  # the oldest was ended
+        for _, w in [*hog, (reader, writer)]:
+            w.close()
+    finally:
+        await comp.stop()

@@ -60,13 +60,25 @@ def test_source_key_groups_ipv6_by_64() -> None:
 
 def test_session_limiter_caps_per_source_and_total() -> None:
     lim = SessionLimiter(total=3, per_source=2)
-    assert lim.acquire("a") and lim.acquire("a")
-    assert not lim.acquire("a")  # per-source cap
-    assert lim.acquire("b")
-    assert not lim.acquire("c")  # total cap
+    assert lim.acquire("a") == lim.acquire("a") == (True, None)
+    assert lim.acquire("a") == (False, None)  # per-source cap
+    assert lim.acquire("b") == (True, None)
+    assert lim.acquire("b") == (False, None)  # total cap, and b would not be lighter than a
     lim.release("a")
-    assert lim.acquire("c")
+    assert lim.acquire("c") == (True, None)
     assert lim.rejected == 2 and lim.active == 3 and lim.sources() == 3
+
+
+def test_session_limiter_evicts_the_heaviest_source_for_a_newcomer() -> None:
+    lim = SessionLimiter(total=4, per_source=4)
+    for _ in range(4):
+        assert lim.acquire("flood") == (True, None)
+    assert lim.acquire("new") == (True, "flood")  # full, but flood holds more than its share
+    assert lim.acquire("new2") == (True, "flood")
+    lim.release("flood", evicted=True)
+    lim.release("flood", evicted=True)
+    assert lim.active == 4 and lim.evicted == 2
+    assert lim.acquire("new") == (False, None)  # 2 vs 2: no one is heavier than new would be
 
 
 def test_event_budget_counts_what_it_suppresses() -> None:

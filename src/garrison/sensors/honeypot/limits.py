@@ -24,32 +24,51 @@ def source_key(ip: str) -> str:
 
 @dataclass
 class SessionLimiter:
-    """Admission of sessions: at most ``total`` at once, ``per_source`` per source key."""
+    """Admission of sessions: at most ``total`` at once, ``per_source`` per source key.
+
+    When every slot is taken, a newcomer is still let in if some other source holds more
+    sessions than it would: :meth:`acquire` then names that source, and the caller ends its
+    oldest session (fair share: a flood from a few sources cannot lock everyone else out).
+    """
 
     total: int
     per_source: int
     active: int = 0
     rejected: int = 0
+    evicted: int = 0
     _by_source: dict[str, int] = field(default_factory=dict)
+    _pending: int = 0  # evicted sessions that have not released their slot yet
 
-    def acquire(self, key: str) -> bool:
-        """Take a slot for ``key``; False (and counted) when a cap is reached."""
+    def acquire(self, key: str) -> tuple[bool, str | None]:
+        """Take a slot for ``key``: (admitted, source whose oldest session must end or None).
+        Refusals are counted."""
         n = self._by_source.get(key, 0)
-        if self.active >= self.total or n >= self.per_source:
+        if n >= self.per_source:
             self.rejected += 1
-            return False
+            return False, None
+        victim = None
+        if self.active - self._pending >= self.total:
+            heavy = max(self._by_source, key=self._by_source.__getitem__, default=None)
+            if heavy is None or heavy == key or self._by_source[heavy] <= n + 1:
+                self.rejected += 1
+                return False, None
+            victim = heavy
+            self._pending += 1
+            self.evicted += 1
         self._by_source[key] = n + 1
         self.active += 1
-        return True
+        return True, victim
 
-    def release(self, key: str) -> None:
-        """Give back a slot taken by :meth:`acquire`."""
+    def release(self, key: str, *, evicted: bool = False) -> None:
+        """Give back a slot taken by :meth:`acquire` (``evicted``: it was a named victim)."""
         n = self._by_source.get(key, 0) - 1
         if n <= 0:
             self._by_source.pop(key, None)
         else:
             self._by_source[key] = n
         self.active = max(0, self.active - 1)
+        if evicted:
+            self._pending = max(0, self._pending - 1)
 
     def sources(self) -> int:
         """Source keys holding at least one session (bounded by ``total``)."""

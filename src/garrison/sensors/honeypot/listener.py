@@ -18,7 +18,9 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from garrison.config import HoneypotConfig
@@ -38,6 +40,14 @@ log = logging.getLogger("garrison.honeypot")
 #: Bytes a connection may have buffered before its reads pause (per session).
 READ_BUFFER = 8192
 _UNAVAILABLE = (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+
+
+@dataclass(slots=True)
+class _Live:
+    """A session in progress, so a fair-share eviction can end it."""
+
+    writer: asyncio.StreamWriter
+    evicted: bool = False
 
 
 def _plain_ip(ip: str) -> str:
@@ -81,12 +91,13 @@ class HoneypotComponent:
         self._services: dict[int, str] = {}
         self._auto: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._live: dict[str, deque[_Live]] = {}
         self._recheck: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         self.stats: dict[str, int] = {
             "sessions": 0, "rejected": 0, "events": 0, "suppressed": 0, "errors": 0,
-            "bind_failures": 0, "released": 0,
+            "bind_failures": 0, "released": 0, "evicted": 0,
         }
 
     # -- public view ------------------------------------------------------------------------
@@ -221,12 +232,17 @@ class HoneypotComponent:
             peer_ip=ip, local_ip=local_ip, local_port=local_port,
         )
         session.banner = decoy.banner
-        if not self._limiter.acquire(key):
+        admitted, victim = self._limiter.acquire(key)
+        if not admitted:
             self.stats["rejected"] += 1
             writer.transport.abort()  # reset now: a flood must not hold our descriptors
             self._report(Visit(ip, peer_port, local_ip, local_port, ts, 0.0, "limit",
                                self._session_id()), session, key)
             return
+        if victim is not None:
+            self._evict(victim)
+        live = _Live(writer)
+        self._live.setdefault(key, deque()).append(live)
         self.stats["sessions"] += 1
         started = time.monotonic()
         closed = "done"
@@ -248,13 +264,29 @@ class HoneypotComponent:
             closed = "error"
             log.exception("honeypot %s decoy failed", decoy.name)
         finally:
-            self._limiter.release(key)
+            queue = self._live.get(key)
+            if queue is not None:
+                queue.remove(live)
+                if not queue:
+                    del self._live[key]
+            self._limiter.release(key, evicted=live.evicted)
+            if live.evicted:
+                closed = "evicted"
             writer.transport.abort() if closed in ("timeout", "reset") else writer.close()
             self._report(
                 Visit(ip, peer_port, local_ip, local_port, ts, time.monotonic() - started,
                       closed, self._session_id()),
                 session, key,
             )
+
+    def _evict(self, key: str) -> None:
+        """End the oldest session of ``key`` at once (fair share when every slot is taken)."""
+        for live in self._live.get(key, ()):
+            if not live.evicted:
+                live.evicted = True
+                self.stats["evicted"] += 1
+                live.writer.transport.abort()
+                return
 
     def _session_id(self) -> str:
         return f"hp-{self._prefix}-{next(self._ids)}"
