@@ -35,9 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from tests.support.netns import DEFENDED_V4, topology  # noqa: E402
+
 import garrison.daemon as daemon  # noqa: E402
 from garrison.sensors.pcap import read_frames, read_packets  # noqa: E402
-from tests.support.netns import DEFENDED_V4, topology  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 CAPTURE = OUT / "synflood.pcap"
@@ -54,7 +55,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
 
 
 def record() -> None:
@@ -99,7 +101,8 @@ def replay_figures() -> list[tuple[str, float]]:
     return [
         ("bare read loop over the records (baseline)",
          median_rate(lambda: sum(1 for _ in read_frames(CAPTURE)))),
-        ("read + decode into Packet records", median_rate(lambda: sum(1 for _ in read_packets(CAPTURE)))),
+        ("read + decode into Packet records",
+         median_rate(lambda: sum(1 for _ in read_packets(CAPTURE)))),
         ("scan detection end to end (read, decode, detect)", median_rate(replay_with(False))),
         ("all packet detectors end to end (`garrison replay`)", median_rate(replay_with(True))),
     ]
