@@ -34,6 +34,7 @@ from garrison.events import (
     HONEYPOT,
     IMPOSSIBLE_TRAVEL,
     RATE_LIMITED,
+    SCAN,
     SQL_INJECTION,
     SSRF_BLOCKED,
     UNBLOCKED,
@@ -53,8 +54,16 @@ HANDSHAKE_KINDS: Final = frozenset(
 
 
 def is_verified(event: Event) -> bool:
-    """True if the event's source address cannot have been forged by an off-path attacker."""
+    """True if the event's source address cannot have been forged by an off-path attacker.
+
+    A scan counts only when the probes themselves completed handshakes (``type == "connect"``
+    and ``verified``): a spoofed SYN scan naming a real client is marked ``verified`` by the
+    detector as soon as that client makes one ordinary connection, and blocking on that would
+    hand the attacker the weapon this rule exists to withhold.
+    """
     flag = event.detail.get("verified")
+    if event.name == SCAN:
+        return flag is True and event.detail.get("type") == "connect"
     if isinstance(flag, bool):
         return flag
     return event.name in HANDSHAKE_KINDS
@@ -97,6 +106,7 @@ class FirewallResponder:
         self._verified: OrderedDict[IPAddress, float] = OrderedDict()
         self._active: dict[IPAddress, float] = {}
         self._pending: dict[IPAddress, str] = {}
+        self._punished: OrderedDict[str, None] = OrderedDict()
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
         self.counters: dict[str, int] = {
@@ -174,6 +184,10 @@ class FirewallResponder:
             return False
         if self.is_active(addr):
             return False
+        if event.episode is not None and event.episode in self._punished:
+            # Later updates of an episode already answered with a block do not block again
+            # (nor escalate) once that block has expired.
+            return False
         if self.guard.refusal(addr) is not None:
             self.counters["refused"] += 1
             return False
@@ -183,6 +197,10 @@ class FirewallResponder:
                      addr, event.name)
             return False
         why = f"{event.name} ({event.severity.label}, reputation {score:.2f})"
+        if event.episode is not None:
+            self._punished[event.episode] = None
+            while len(self._punished) > self.max_tracked:
+                self._punished.popitem(last=False)
         self.request(addr, why)
         return True
 
