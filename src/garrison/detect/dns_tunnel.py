@@ -122,6 +122,7 @@ def split_name(labels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...
     return labels[: len(labels) - len(reg)], reg
 
 
+@lru_cache(maxsize=16384)
 def query_features(
     sub: tuple[str, ...], raw_sub: tuple[str, ...], qtype: int
 ) -> QueryFeatures:
@@ -259,9 +260,10 @@ class DnsTunnelDetector:
         max_baseline_domains: int = 512,
     ) -> None:
         self.home = home_net if isinstance(home_net, HomeNet) else HomeNet(home_net)
-        self.allowlist = tuple(
+        self.allowlist = frozenset(
             tuple(d.strip(".").lower().split(".")) for d in (*DEFAULT_ALLOWLIST, *allowlist) if d
         )
+        self._allow_lengths = sorted({len(a) for a in self.allowlist})
         self.threshold = threshold
         self.min_unique = min_unique
         self.unique_threshold = unique_threshold
@@ -319,7 +321,8 @@ class DnsTunnelDetector:
 
     # -- state ----------------------------------------------------------------------------------
     def _allowlisted(self, labels: tuple[str, ...]) -> bool:
-        return any(labels[len(labels) - len(a) :] == a for a in self.allowlist if a)
+        n = len(labels)
+        return any(labels[n - k :] in self.allowlist for k in self._allow_lengths if k <= n)
 
     def _expire(self, now: float) -> None:
         flows = self._flows

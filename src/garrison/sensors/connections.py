@@ -212,10 +212,6 @@ def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
                        exe)
 
 
-def _flow_key(ns: str, e: SocketEntry) -> tuple[str, str, str, int, str, int]:
-    return (ns, e.proto, e.local_addr, e.local_port, e.remote_addr, e.remote_port)
-
-
 class SocketTable:
     """Polls the socket tables of every network namespace and reports new flows.
 
@@ -229,7 +225,7 @@ class SocketTable:
         self.proc = proc
         self.all_namespaces = all_namespaces
         self.max_flows = max_flows
-        self._seen: set[tuple[str, str, str, int, str, int]] = set()
+        self._seen: set[tuple[str, str, str, str]] = set()  # (ns, proto, local, remote) hex
         self._owners: dict[int, int] = {}  # socket inode -> pid
         self.polls = 0
         self.fd_scans = 0
@@ -296,24 +292,55 @@ class SocketTable:
                     break
         return self._owners
 
+    def _rows(self) -> Iterator[tuple[str, str, list[str]]]:
+        """(namespace, 'tcp'|'udp', fields) of every table line, unparsed (the fast path: most
+        lines are flows already known and only need their raw text as a key)."""
+        for ns, base in self.namespaces().items():
+            for name, _family in TABLES:
+                text = _read(f"{base}/net/{name}")
+                if text is None:
+                    continue
+                proto = name.rstrip("6")
+                for line in text.splitlines()[1:]:
+                    f = line.split()
+                    if len(f) < 10:
+                        if f:
+                            self.errors += 1
+                        continue
+                    yield ns, proto, f
+
     def poll(self, now: float) -> list[Connection]:
         """One pass over the tables; the flows that are new since the last pass."""
         self.polls += 1
         listening: set[tuple[str, str, int]] = set()
-        live: list[tuple[str, SocketEntry]] = []
-        for ns, e in self.sockets():
-            if e.proto == "tcp":
-                if e.state == LISTEN:
-                    listening.add((ns, e.proto, e.local_port))
+        current: set[tuple[str, str, str, str]] = set()
+        fresh: list[tuple[str, SocketEntry]] = []
+        inodes: set[str] = set()  # of live flows, as printed
+        seen = self._seen
+        for ns, proto, f in self._rows():
+            try:
+                state = int(f[3], 16)
+                if proto == "tcp":
+                    if state == LISTEN:
+                        listening.add((ns, proto, int(f[1].rpartition(":")[2], 16)))
+                        continue
+                    if state not in _LIVE_TCP:
+                        continue
+                elif f[2].endswith(":0000"):  # unconnected UDP: a server
+                    listening.add((ns, proto, int(f[1].rpartition(":")[2], 16)))
                     continue
-                if e.state not in _LIVE_TCP:
+                key = (ns, proto, f[1], f[2])
+                current.add(key)
+                inodes.add(f[9])
+                if key in seen:
                     continue
-            elif e.remote_port == 0:
-                listening.add((ns, e.proto, e.local_port))  # unconnected UDP: a server
+                la, lp = parse_address(f[1])
+                ra, rp = parse_address(f[2])
+                fresh.append((ns, SocketEntry(proto, la, lp, ra, rp, state, int(f[7]),
+                                              int(f[9]))))
+            except (ValueError, IndexError):  # ProcTableError is a ValueError
+                self.errors += 1
                 continue
-            live.append((ns, e))
-        current = {_flow_key(ns, e) for ns, e in live}
-        fresh = [(ns, e) for ns, e in live if _flow_key(ns, e) not in self._seen]
         owners = self.owners(e.inode for _ns, e in fresh) if fresh else self._owners
         out: list[Connection] = []
         infos: dict[int, ProcessInfo | None] = {}
@@ -344,9 +371,8 @@ class SocketTable:
         if len(current) > self.max_flows:
             current = set(list(current)[: self.max_flows])
         self._seen = current
-        live_inodes = {e.inode for _ns, e in live}
-        if len(self._owners) > 2 * len(live_inodes) + 1024:
-            self._owners = {i: p for i, p in self._owners.items() if i in live_inodes}
+        if len(self._owners) > 2 * len(inodes) + 1024:
+            self._owners = {i: p for i, p in self._owners.items() if str(i) in inodes}
         return out
 
 
