@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from tests.analytics.synth import dns_query  # noqa: E402
+
 from garrison.detect.beacon import BeaconDetector  # noqa: E402
 from garrison.detect.dns_tunnel import DnsTunnelDetector  # noqa: E402
 from garrison.detect.exfil import ExfilDetector  # noqa: E402
@@ -36,7 +38,6 @@ from garrison.observations import UDP, Packet  # noqa: E402
 from garrison.sensors.connections import SocketTable  # noqa: E402
 from garrison.sensors.dns import parse_message  # noqa: E402
 from garrison.sensors.pcap import read_packets  # noqa: E402
-from tests.analytics.synth import dns_query  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "analytics"
 OUT = ROOT / "docs" / "benchmarks" / "analytics.md"
