@@ -205,3 +205,19 @@ def test_state_is_bounded() -> None:
     for i in range(1000):
         ask(det, float(i), f"www.site{i}.example", client=f"198.51.100.{i % 200 + 2}")
     assert len(det._flows) <= 100 and len(det._baselines) <= 50
+
+
+def test_dns_over_tcp_is_analysed() -> None:
+    import struct
+
+    from garrison.observations import ACK, TCP, Packet
+
+    det = DnsTunnelDetector(HOME_NET)
+    rng = random.Random(9)
+    events: list[Event] = []
+    for i in range(100):
+        msg = dns_query(rand_label(rng, 60, HEX) + ".tcp.evil.example", TXT)
+        payload = struct.pack("!H", len(msg)) + msg
+        events += det.observe(Packet(float(i), HOME, RESOLVER, TCP, 50000 + i, 53, ACK,
+                                     len(payload) + 52, len(payload), 1000, payload, 4))
+    assert len(events) == 1 and events[0].transport == "tcp"

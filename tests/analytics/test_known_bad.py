@@ -5,6 +5,7 @@ from __future__ import annotations
 from garrison.detect.known_bad import KnownBadDetector
 from garrison.events import SUSPICIOUS_CONNECTION
 from garrison.observations import ACK, RST, SYN
+from garrison.sensors.connections import Connection
 from tests.analytics.synth import HOME, HOME_NET, OUTSIDE, tcp, udp
 
 
@@ -43,3 +44,24 @@ def test_state_is_bounded() -> None:
     for i in range(100):
         det.observe(tcp(float(i), HOME, f"203.0.113.{i}", 40000, 4444, SYN))
     assert len(det._last) <= 10
+
+
+def test_blocklisted_inbound_packet_keeps_its_own_direction() -> None:
+    det = KnownBadDetector(HOME_NET, blocklist={OUTSIDE}, ports=())
+    ev = det.observe(tcp(1.0, OUTSIDE, HOME, 50000, 22, SYN))
+    assert (ev[0].source_ip, ev[0].source_port) == (OUTSIDE, 50000)
+    assert (ev[0].destination_ip, ev[0].destination_port) == (HOME, 22)
+
+
+def test_socket_table_flows_are_checked_and_name_the_process() -> None:
+    det = KnownBadDetector(HOME_NET)
+    out = Connection(1.0, "tcp", HOME, 41000, OUTSIDE, 6667, "ESTABLISHED", "outbound",
+                     "net:[1]", 5, 0, 321, 1, "bot", "./bot irc", "nobody", "/tmp/bot")
+    ev = det.observe(out)
+    assert len(ev) == 1 and ev[0].detail["pid"] == 321 and ev[0].destination_port == 6667
+    # The packet path does not report the same connection again.
+    assert det.observe(tcp(1.1, HOME, OUTSIDE, 41000, 6667, SYN)) == []
+    shell = out._replace(local_port=31337, remote_port=50000, direction="inbound")
+    ev = det.observe(shell)
+    assert ev[0].detail["reason"] == "suspicious-listening-port"
+    assert ev[0].source_ip == OUTSIDE and ev[0].destination_port == 31337

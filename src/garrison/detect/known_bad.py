@@ -10,6 +10,10 @@ Alerts (``suspicious-connection``):
 - any packet exchanged with an address on a blocklist (a set, or a callable so that the
   correlator's blocklists can be plugged in).
 
+The same checks run on :class:`~garrison.sensors.connections.Connection` observations from the
+socket tables, so they work without packet capture and name the process; the shared cooldown
+keeps the two paths from reporting one connection twice.
+
 One event per (outside address, port, reason) per ``cooldown`` seconds; state is an LRU of
 bounded size.
 """
@@ -18,12 +22,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
-from typing import Final
+from typing import Any, Final
 
 from garrison.detect.homenet import HomeNet
 from garrison.detect.homenet import Network as IPNetwork
 from garrison.events import SUSPICIOUS_CONNECTION, Event, Severity, Technique
 from garrison.observations import ACK, RST, SYN, TCP, UDP, Packet, transport_name
+from garrison.sensors.connections import Connection
 
 DEFAULT_SUSPICIOUS_PORTS: Final = frozenset(
     {1337, 31337, 4444, 4445, 5555, 6666, 6667, 6668, 6669, 12345, 27374, 1234, 9001, 50050}
@@ -40,7 +45,7 @@ class KnownBadDetector:
     """Alerts on traffic with suspicious ports or blocklisted addresses (see module doc)."""
 
     name = "known-bad"
-    accepts: tuple[type, ...] = (Packet,)
+    accepts: tuple[type, ...] = (Packet, Connection)
     packet_filter = "all"
 
     def __init__(
@@ -77,36 +82,59 @@ class KnownBadDetector:
             self._verdicts[ip] = hit
         return hit
 
-    def observe(self, obs: Packet) -> list[Event]:
+    def observe(self, obs: Packet | Connection) -> list[Event]:
+        if isinstance(obs, Connection):
+            return self._connection(obs)
         home = self.home
         src_home = obs.src in home
-        dst_home = obs.dst in home
-        if src_home == dst_home:
+        if src_home == (obs.dst in home):
             return []
         local, remote = (obs.src, obs.dst) if src_home else (obs.dst, obs.src)
+        # As seen in the packet, which is not always the direction of the connection.
+        flow = (obs.src, obs.sport, obs.dst, obs.dport)
+        back = (obs.dst, obs.dport, obs.src, obs.sport)
+        proto = transport_name(obs.proto)
         out: list[Event] = []
         if self._blocked(remote):
             rport = obs.dport if src_home else obs.sport
-            ev = self._alert(obs, "blocklisted-address", local, remote, rport, outbound=src_home)
-            if ev is not None:
-                out.append(ev)
+            out += self._alert(obs.ts, proto, "blocklisted-address", local, remote, rport, flow,
+                               outbound=src_home)
         if obs.proto == TCP:
             syn_only = obs.flags & (SYN | ACK | RST) == SYN
             syn_ack = obs.flags & (SYN | ACK | RST) == SYN | ACK
             if src_home and syn_only and obs.dport in self.ports:
-                ev = self._alert(obs, "suspicious-port", local, remote, obs.dport, outbound=True)
-                if ev is not None:
-                    out.append(ev)
+                out += self._alert(obs.ts, proto, "suspicious-port", local, remote, obs.dport,
+                                   flow, outbound=True)
             elif src_home and syn_ack and obs.sport in self.ports:
-                ev = self._alert(
-                    obs, "suspicious-listening-port", local, remote, obs.sport, outbound=False
-                )
-                if ev is not None:
-                    out.append(ev)
+                # Our SYN-ACK answers their SYN: the connection goes remote -> us.
+                out += self._alert(obs.ts, proto, "suspicious-listening-port", local, remote,
+                                   obs.sport, back, outbound=False)
         elif obs.proto == UDP and src_home and obs.dport in self.ports:
-            ev = self._alert(obs, "suspicious-port", local, remote, obs.dport, outbound=True)
-            if ev is not None:
-                out.append(ev)
+            out += self._alert(obs.ts, proto, "suspicious-port", local, remote, obs.dport, flow,
+                               outbound=True)
+        return out
+
+    def _connection(self, c: Connection) -> list[Event]:
+        """The same checks on a socket-table flow (works without packet capture, and names
+        the process)."""
+        if c.remote_addr in self.home:
+            return []
+        local, remote = c.local_addr, c.remote_addr
+        outbound = c.direction == "outbound"
+        flow = ((local, c.local_port, remote, c.remote_port) if outbound
+                else (remote, c.remote_port, local, c.local_port))
+        proc = {"pid": c.pid, "process_name": c.process_name, "command_line": c.command_line,
+                "user": c.user}
+        out: list[Event] = []
+        if self._blocked(remote):
+            out += self._alert(c.ts, c.proto, "blocklisted-address", local, remote,
+                               c.remote_port, flow, outbound=outbound, proc=proc)
+        if outbound and c.remote_port in self.ports:
+            out += self._alert(c.ts, c.proto, "suspicious-port", local, remote, c.remote_port,
+                               flow, outbound=True, proc=proc)
+        elif not outbound and c.local_port in self.ports:
+            out += self._alert(c.ts, c.proto, "suspicious-listening-port", local, remote,
+                               c.local_port, flow, outbound=False, proc=proc)
         return out
 
     def flush(self, now: float) -> list[Event]:
@@ -115,46 +143,49 @@ class KnownBadDetector:
         return []
 
     def _alert(
-        self, obs: Packet, reason: str, local: str, remote: str, port: int, *, outbound: bool
-    ) -> Event | None:
+        self, ts: float, proto: str, reason: str, local: str, remote: str, port: int,
+        flow: tuple[str, int, str, int], *, outbound: bool, proc: dict[str, Any] | None = None,
+    ) -> list[Event]:
+        """One event unless (remote, port, reason) alerted within ``cooldown`` seconds.
+        ``flow`` is (source ip, source port, destination ip, destination port) of the
+        connection, initiator first."""
         key = (remote, port, reason)
         last = self._last.get(key)
-        if last is not None and obs.ts - last < self.cooldown:
-            return None
-        self._last[key] = obs.ts
+        if last is not None and ts - last < self.cooldown:
+            return []
+        self._last[key] = ts
         self._last.move_to_end(key)
         while len(self._last) > self.max_keys:
             self._last.popitem(last=False)
         blocklisted = reason == "blocklisted-address"
         severity = Severity.HIGH if blocklisted or port in (4444, 31337) else Severity.MEDIUM
-        if outbound:
-            sip, sport, dip, dport = local, obs.sport, remote, obs.dport
-        else:
-            sip, sport, dip, dport = remote, obs.dport, local, obs.sport
         what = {
             "suspicious-port": f"connection from {local} to suspicious port {remote}:{port}",
             "suspicious-listening-port": f"{local} accepted a connection on suspicious port "
             f"{port} from {remote}",
             "blocklisted-address": f"traffic between {local} and blocklisted {remote}",
         }[reason]
-        return Event(
+        detail: dict[str, Any] = {
+            "ip": remote,
+            "reason": reason,
+            "remote_addr": remote,
+            "remote_port": port,
+            "local_addr": local,
+            "direction": "outbound" if outbound else "inbound",
+        }
+        if proc:
+            detail.update(proc)
+        return [Event(
             name=SUSPICIOUS_CONNECTION,
-            ts=obs.ts,
+            ts=ts,
             severity=severity,
-            source_ip=sip,
-            source_port=sport,
-            destination_ip=dip,
-            destination_port=dport,
-            transport=transport_name(obs.proto),
-            detail={
-                "ip": remote,
-                "reason": reason,
-                "remote_addr": remote,
-                "remote_port": port,
-                "local_addr": local,
-                "direction": "outbound" if outbound else "inbound",
-            },
+            source_ip=flow[0],
+            source_port=flow[1],
+            destination_ip=flow[2],
+            destination_port=flow[3],
+            transport=proto,
+            detail=detail,
             techniques=(T1071,) if blocklisted else (T1571,),
-            episode=f"{SUSPICIOUS_CONNECTION}:{reason}:{remote}:{port}:{obs.ts:.3f}",
+            episode=f"{SUSPICIOUS_CONNECTION}:{reason}:{remote}:{port}:{ts:.3f}",
             message=what,
-        )
+        )]
