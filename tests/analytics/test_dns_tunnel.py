@@ -205,6 +205,11 @@ def test_state_is_bounded() -> None:
     for i in range(1000):
         ask(det, float(i), f"www.site{i}.example", client=f"198.51.100.{i % 200 + 2}")
     assert len(det._flows) <= 100 and len(det._baselines) <= 50
+    capped = DnsTunnelDetector(HOME_NET, max_names=500)
+    for i in range(2000):
+        ask(capped, float(i), f"n{i}.many.example", client=f"198.51.100.{i % 7 + 2}")
+    assert capped._tracked <= 500
+    assert capped._tracked == sum(len(f.names) for f in capped._flows.values())
 
 
 def test_dns_over_tcp_is_analysed() -> None:

@@ -136,11 +136,11 @@ class BeaconDetector:
         min_connections: int = 20,
         min_interval: float = 1.0,
         window: float = 3600.0,
-        max_samples: int = 256,
+        max_samples: int = 128,
         conn_timeout: float = 300.0,
         episode_timeout: float = 6 * 3600.0,
         max_conns: int = 65_536,
-        max_series: int = 20_000,
+        max_series: int = 10_000,
     ) -> None:
         self.home = home_net if isinstance(home_net, HomeNet) else HomeNet(home_net)
         allowed = list(allowlist)

@@ -178,6 +178,7 @@ T1048_003: Final = Technique(
 )
 DEFAULT_ALLOWLIST: Final = ("in-addr.arpa", "ip6.arpa")
 MAX_UNIQUE_TRACKED: Final = 4096  # names remembered per (client, domain); later ones count as new
+MAX_TYPES: Final = 8  # distinct record types counted per flow; the rest count as 'other'
 SAMPLE_SIZE: Final = 3
 
 
@@ -192,7 +193,7 @@ class _Flow:
     transport: str
     zone: tuple[str, ...] | None = None  # common suffix (labels) of the names asked
     queries: int = 0
-    names: set[str] = field(default_factory=set)
+    names: set[int] = field(default_factory=set)  # hashes of the names asked
     unique: int = 0
     unique_bytes: int = 0  # bytes of unique subdomain parts: the information pushed
     suspicion_sum: float = 0.0
@@ -236,6 +237,10 @@ class DnsTunnelDetector:
     learned peaks, so a host that always resolves many names of one domain stops scoring on
     volume. Content is never baselined: names full of binary or encoded data score the same in
     and after warm-up.
+
+    Memory is bounded whoever sends the queries: at most ``max_flows`` (client, domain) pairs
+    and ``max_clients`` baselines (LRU), at most ``max_names`` remembered names in all (as
+    hashes), at most 4,096 per pair.
     """
 
     name = "dns-tunnel"
@@ -256,6 +261,7 @@ class DnsTunnelDetector:
         warmup: float = 3600.0,
         learn_factor: float = 4.0,
         max_flows: int = 50_000,
+        max_names: int = 1_000_000,
         max_clients: int = 10_000,
         max_baseline_domains: int = 512,
     ) -> None:
@@ -273,6 +279,8 @@ class DnsTunnelDetector:
         self.warmup = warmup
         self.learn_factor = learn_factor
         self.max_flows = max_flows
+        self.max_names = max_names
+        self._tracked = 0  # names remembered over all flows
         self.max_clients = max_clients
         self.max_baseline_domains = max_baseline_domains
         self._flows: OrderedDict[tuple[str, str], _Flow] = OrderedDict()
@@ -331,7 +339,11 @@ class DnsTunnelDetector:
             if now - flow.last_ts <= self.episode_timeout:
                 break
             del flows[key]
-            self._learn(key[0], key[1], flow)
+            self._drop(key, flow)
+
+    def _drop(self, key: tuple[str, str], flow: _Flow) -> None:
+        self._tracked -= len(flow.names)
+        self._learn(key[0], key[1], flow)
 
     def _baseline(self, client: str, ts: float) -> _Baseline:
         base = self._baselines.get(client)
@@ -377,19 +389,24 @@ class DnsTunnelDetector:
             self._flows[key] = flow
             while len(self._flows) > self.max_flows:
                 old_key, old = self._flows.popitem(last=False)
-                self._learn(old_key[0], old_key[1], old)
+                self._drop(old_key, old)
         else:
             self._flows.move_to_end(key)
         flow.last_ts = obs.ts
         flow.server = obs.dst
         flow.sport = obs.sport
         flow.queries += 1
-        flow.types[type_name(q.qtype)] += 1
+        tname = type_name(q.qtype)
+        flow.types[tname if tname in flow.types or len(flow.types) < MAX_TYPES else "other"] += 1
         name = q.name
-        new = name not in flow.names
+        digest = hash(name)
+        new = digest not in flow.names
         if new:
-            if len(flow.names) < MAX_UNIQUE_TRACKED:
-                flow.names.add(name)
+            # Beyond the caps a name is not remembered, so asking it again counts as new: the
+            # error only ever adds evidence to a flow that is already busy.
+            if len(flow.names) < MAX_UNIQUE_TRACKED and self._tracked < self.max_names:
+                flow.names.add(digest)
+                self._tracked += 1
             feats = query_features(sub, q.raw_labels[: len(sub)], q.qtype)
             flow.unique += 1
             flow.unique_bytes += feats.sub_bytes

@@ -154,8 +154,8 @@ class ExfilDetector:
         attribution_grace: float = 2.0,
         max_flows: int = 65_536,
         max_dests: int = 65_536,
-        max_procs: int = 4096,
-        max_known_dests: int = 4096,
+        max_procs: int = 1024,
+        max_known_dests: int = 2048,
     ) -> None:
         self.home = home_net if isinstance(home_net, HomeNet) else HomeNet(home_net)
         allowed = list(allowlist)
