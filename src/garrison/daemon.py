@@ -211,7 +211,7 @@ def build_live(
     wanted = [getattr(d, "packet_filter", "scan") for d in engine.detectors]
     sensor = PacketSensor(
         interfaces or config.sensor.interfaces, bpf.union(wanted), config.sensor.snaplen,
-        config.sensor.stats_interval,
+        config.sensor.stats_interval, config.sensor.ring_blocks,
     )
     engine.add_component(sensor)
     engine.services["packets"] = sensor
