@@ -306,3 +306,19 @@ def test_replay_is_deterministic() -> None:
     a = [e.to_json() for e in run(detector(), pkts)]
     b = [e.to_json() for e in run(detector(), pkts)]
     assert a == b
+
+
+@pytest.mark.parametrize("flags", [0, FIN | PSH | URG, FIN])
+def test_a_single_spoofable_packet_is_never_an_alert(flags: int) -> None:
+    # Our predecessor called one NULL or XMAS packet "critical" and blocked on it: anyone
+    # could get any address firewalled by spoofing one packet.
+    det = detector()
+    events = run(det, probe_closed(1000, 80, flags) + probe_closed(1001, 443, flags))
+    assert events == []
+
+
+def test_small_stealth_scan_is_low_severity_and_unverified() -> None:
+    pkts = [p for i in range(5) for p in probe_closed(1000 + i * 0.01, 1 + i, FIN | PSH | URG)]
+    ev = next(iter(episodes(run(detector(), pkts)).values()))
+    assert ev.severity == Severity.LOW
+    assert ev.detail["verified"] is False
