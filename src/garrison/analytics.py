@@ -8,8 +8,9 @@ sensor compiles its BPF filter from those. In a replay components are not starte
 detectors run.
 
 Actors (``detail["ip"]``, what reputation and the kill chain attribute an alert to): for DNS
-tunnels the outside client, or the server when the client is one of ours; for exfil, beacons
-and known-bad destinations the remote address.
+tunnels the client (an outside client using our server as its tunnel end, or one of our hosts,
+then the compromised party: the resolver it asks is not the adversary and must not be blocked);
+for exfil, beacons and known-bad destinations the remote address.
 """
 
 from __future__ import annotations

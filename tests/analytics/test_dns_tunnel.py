@@ -89,8 +89,8 @@ def test_hex_txt_tunnel_is_one_event_per_episode_with_actor() -> None:
     d = ev.detail
     assert d["domain"] == "c2.evil.example" and d["registered_domain"] == "evil.example"
     assert d["client"] == HOME and ev.source_ip == HOME and ev.destination_ip == RESOLVER
-    # The client is ours: the actor the kill chain should blame is the server it tunnels to.
-    assert d["ip"] == RESOLVER
+    # The actor is the client (here ours, the compromised host), never the resolver it asks.
+    assert d["ip"] == HOME and d["server"] == RESOLVER
     assert "hex-labels" in d["reasons"] and "record-type-TXT" in d["reasons"]
     assert d["query_count"] >= 10 and len(d["sample"]) >= 1 and 0.7 <= d["score"] <= 1.0
     assert ev.techniques[0].id == "T1071.004"

@@ -462,9 +462,11 @@ class DnsTunnelDetector:
         if flow.queries >= self.volume_threshold / 2:
             reasons.append("sustained-volume")
         zone = ".".join(flow.zone or ())
-        # The actor is the outside party: a remote client tunnelling through our server, or,
-        # when the client is one of ours, the server it tunnels through.
-        actor = client if client not in self.home or flow.server in self.home else flow.server
+        # The actor is always the client: an outside client tunnelling through our server is
+        # the adversary; when the client is one of ours it is the compromised party, and the
+        # server it asks is usually an innocent resolver that must not be blamed (or blocked,
+        # which would cut the host's DNS). The tunnel's real far end hides behind it.
+        actor = client
         techniques: tuple[Technique, ...] = (T1071_004,)
         if "information-budget" in reasons:
             techniques = (T1071_004, T1048_003)
