@@ -102,6 +102,17 @@ class SensorConfig(Section):
     stats_interval: Duration = 30.0
 
 
+def _port_list(value: Any) -> Any:
+    """Ports as a list; from the environment a single port or a comma-separated string."""
+    if isinstance(value, str):
+        return [v for v in (p.strip() for p in value.split(",")) if v]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+Ports = Annotated[list[Annotated[int, Field(ge=1, le=65535)]], BeforeValidator(_port_list)]
+
 HoneypotService = Literal[
     "ssh", "http", "ftp", "smtp", "telnet", "mysql", "postgresql", "redis", "elasticsearch",
     "vnc", "tcp",
@@ -118,12 +129,12 @@ class HoneypotConfig(Section):
     """
 
     enabled: bool = True
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    ports: Ports = Field(default_factory=list)
     services: dict[Annotated[int, Field(ge=1, le=65535)], HoneypotService] = Field(
         default_factory=dict
     )
     auto: bool = False
-    exclude: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    exclude: Ports = Field(default_factory=list)
     bind: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
     max_sessions: int = Field(512, ge=1, description="concurrent sessions, all sources")
     max_sessions_per_source: int = Field(

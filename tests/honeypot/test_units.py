@@ -205,3 +205,12 @@ def test_default_config_installs_nothing() -> None:
     engine.config.honeypot = HoneypotConfig(ports=[2222])
     install(engine)
     assert [c.name for c in engine.components] == ["honeypot"]
+
+
+def test_ports_from_the_environment(tmp_path: pytest.TempPathFactory) -> None:
+    empty = tmp_path / "garrison.toml"  # type: ignore[operator]
+    empty.write_text("")
+    env = {"GARRISON_HONEYPOT__PORTS": "2222,8080", "GARRISON_HONEYPOT__EXCLUDE": "80",
+           "GARRISON_HONEYPOT__AUTO": "true"}
+    cfg = load_config(empty, environ=env).honeypot
+    assert (cfg.ports, cfg.exclude, cfg.auto) == ([2222, 8080], [80], True)
