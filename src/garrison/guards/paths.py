@@ -149,7 +149,7 @@ def check_dsn_value(value: str, style: DSNStyle = "libpq", *, key: str = "value"
         "url": "@:/?#&=% \t[]\\",
     }[style]
     for ch in value:
-        if ch in forbidden or (style != "url" and ch.isspace() and style == "libpq"):
+        if ch in forbidden or (style == "libpq" and ch.isspace()):
             raise DSNInjection(f"{key} {value!r} contains {ch!r}, which is structure in a "
                                f"{style} connection string")
     return value

@@ -172,8 +172,12 @@ def _tautologies(cond: exp.Expr) -> list[str]:
         if len(branch) < 2:
             continue
         for b in branch:
-            if _constant(b):
-                out.append(f"always-true condition OR {b.sql()[:60]}")
+            # A constant branch, or a constant conjunct inside a branch (`x OR 'a'='a' AND y`),
+            # is never how an application writes a condition.
+            parts = list(b.unnest().flatten()) if isinstance(b.unnest(), exp.And) else [b]
+            for part in parts:
+                if _constant(part):
+                    out.append(f"always-true condition OR {part.sql()[:60]}")
     for node in cond.walk():
         if isinstance(node, exp.EQ | exp.GTE | exp.LTE | exp.Like | exp.Is) and (
             isinstance(node.left, exp.Column) and node.left == node.right

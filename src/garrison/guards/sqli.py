@@ -131,7 +131,9 @@ def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
                 return hit, i
         elif ty == "f" and i + 1 < n and toks[i + 1].type == "(":
             name = t.text.removeprefix("SYS.")
-            if name in DANGEROUS_FUNCTIONS and _call_ok(toks, i + 1):
+            if name in DANGEROUS_FUNCTIONS and _call_ok(toks, i + 1) and (
+                name != "BENCHMARK" or any(x.type == "," for x in toks[i + 2 : i + 8])
+            ):
                 return f"call of time-delay/file/system function {t.text}()", i
             if name in INFO_FUNCTIONS and i + 2 < n and toks[i + 2].type == ")" and (
                 paranoia >= 2 or _sqlish_neighbours(toks, i)
@@ -229,7 +231,8 @@ def _statement(
             return f"{t} of a stored procedure" if after_semicolon else None
         return None
     if t == "SHUTDOWN":
-        return "SHUTDOWN statement" if prev in (";", "s") or after_semicolon else None
+        ends = first is _END or first.type in "c;" or first.text == "WITH"
+        return "SHUTDOWN statement" if ends and (prev in (";", "s") or after_semicolon) else None
     if t in ("DROP", "TRUNCATE", "ALTER", "CREATE") and first.text in _DDL_OBJECTS:
         return f"{t} {first.text} statement" if ended or paranoia >= 2 else None
     if t == "TRUNCATE" and first.type == "n" and after_semicolon:
@@ -258,7 +261,7 @@ def _select(toks: list[Token], i: int, paranoia: int, after_semicolon: bool) -> 
         return "SELECT subquery"
     if nxt.type in "1s" and (opening or after_semicolon):
         after = _skip(toks, j + 1, "c")
-        if after.type in ",)c;&oUk" or after is _END:
+        if after is _END or after.type in (",)c;" if nxt.type == "s" else ",)c;&oUk"):
             return "SELECT subquery"
     listed = False
     for k in range(j, min(n, j + 16)):
@@ -349,6 +352,8 @@ def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] |
         end, flags = _expr(toks, i + 1)
         if end >= 0 and flags & (_CMP | _SQL) and (quote or hflags & 8):
             return f"{t.text} clause after the value", i
+    if paranoia >= 4 and quote and ty in "&oUB;ckE":
+        return f"SQL syntax {t.text} after the closed string", i
     return None
 
 
