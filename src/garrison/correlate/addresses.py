@@ -55,9 +55,18 @@ def parse_ip(value: object) -> IPAddress:
     return addr
 
 
+# The same ranges as integer intervals per family: a membership test without ipaddress objects.
+_SPECIAL_RANGES: Final = {
+    v: tuple((int(n.network_address), int(n.broadcast_address))
+             for n in SPECIAL_NETWORKS if n.version == v)
+    for v in (4, 6)
+}
+
+
 def is_special(addr: IPAddress) -> bool:
     """True for loopback, private, CGNAT, link-local, multicast and reserved addresses."""
-    return any(addr in net for net in SPECIAL_NETWORKS if net.version == addr.version)
+    value = int(addr)
+    return any(lo <= value <= hi for lo, hi in _SPECIAL_RANGES[addr.version])
 
 
 def in_any(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:

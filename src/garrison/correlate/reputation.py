@@ -155,6 +155,11 @@ class Reputation:
         st = self._state(addr, at)
         st.score, st.at, st.events = max(0.0, min(1.0, score)), at, events
 
+    def summary(self, addr: IPAddress) -> tuple[int, list[str]]:
+        """``(events charged, blocklists holding it)`` for ``addr`` (cheap: no history)."""
+        st = self._ips.get(addr)
+        return (st.events, list(st.blocklists)) if st else (0, self.blocklists.match(addr))
+
     def report(self, addr: IPAddress, now: float) -> dict[str, Any]:
         """A plain dict describing ``addr``'s reputation at ``now``."""
         score = self.score(addr, now)

@@ -41,20 +41,21 @@ class Alert:
     suppressed: int = 0
     webhook: bool = True
 
+    def summary(self) -> dict[str, Any]:
+        """The alert's own fields (``ts`` in seconds since the epoch)."""
+        return {
+            "id": self.id,
+            "kind": self.event.name,
+            "severity": self.event.severity.label,
+            "ip": self.ip,
+            "ts": self.event.ts,
+            "suppressed": self.suppressed,
+            "message": self.event.message,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: the alert summary and the event in its ECS form."""
-        return {
-            "alert": {
-                "id": self.id,
-                "kind": self.event.name,
-                "severity": self.event.severity.label,
-                "ip": self.ip,
-                "ts": self.event.ts,
-                "suppressed": self.suppressed,
-                "message": self.event.message,
-            },
-            "event": self.event.to_ecs(),
-        }
+        return {"alert": self.summary(), "event": self.event.to_ecs()}
 
 
 AlertHandler = Callable[[Alert], Any]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from garrison.config import GarrisonConfig, parse_duration
-from garrison.correlate.addresses import parse_ip
+from garrison.correlate.addresses import IPAddress, parse_ip
 from garrison.correlate.attack import kind_of, stage_of
 from garrison.correlate.blocklist import Blocklists
 from garrison.correlate.killchain import KillChain
@@ -117,7 +117,6 @@ class ResponseService:
     def handle(self, event: Event) -> None:
         """Judge one event (subscribed to ``"*"``)."""
         self.counters["events"] += 1
-        kind = kind_of(event.name)
         actor = event.actor
         addr = None
         if actor is not None:
@@ -125,31 +124,8 @@ class ResponseService:
                 addr = parse_ip(actor)
             except ValueError:
                 self.counters["bad_actor"] += 1
-        campaign = None
-        score = 1.0
-        if addr is not None:
-            ip = str(addr)
-            if event.name not in (BLOCKED, UNBLOCKED):
-                self.store.add_event(event.ts, ip, event.name, event.severity.label,
-                                     is_verified(event), event.to_ecs())
-            score = self.reputation.score(addr, event.ts)
-            if kind.detection:
-                score = self.reputation.apply(addr, event)
-                if not self.reputation.is_trusted(addr):
-                    rep = self.reputation.report(addr, event.ts)
-                    self.store.set_reputation(ip, score, event.ts, rep["events"],
-                                              rep["blocklists"])
-            self.firewall.note(addr, event)
-            stage = stage_of(event)
-            if stage is not None:
-                self.store.set_stage(ip, stage, event.ts, event.name)
-            campaign = self.killchain.observe(ip, event)
-        alert = self.alerts.submit(event)
-        if alert is not None:
-            self.store.add_alert(event.ts, alert.ip if addr is not None else None, event.name,
-                                 event.severity.label, alert.suppressed, alert.to_dict())
-        if addr is not None:
-            self.firewall.consider(addr, event, score)
+        with self.store.transaction():  # one SQLite commit per event, not one per table
+            campaign = self._judge(event, addr)
         if campaign is not None:
             self.counters["campaigns"] += 1
             log.warning("%s", campaign.message)
@@ -161,6 +137,36 @@ class ResponseService:
         if now - self._last_sweep >= _SWEEP_EVERY:
             self._last_sweep = now
             self.firewall.sweep(now)
+
+    def _judge(self, event: Event, addr: IPAddress | None) -> Event | None:
+        kind = kind_of(event.name)
+        campaign = None
+        score = 1.0
+        if addr is not None:
+            ip = str(addr)
+            if event.name not in (BLOCKED, UNBLOCKED):
+                self.store.add_event(event.ts, ip, event.name, event.severity.label,
+                                     is_verified(event), event.to_ecs())
+            score = self.reputation.score(addr, event.ts)
+            if kind.detection:
+                score = self.reputation.apply(addr, event)
+                if not self.reputation.is_trusted(addr):
+                    count, lists = self.reputation.summary(addr)
+                    self.store.set_reputation(ip, score, event.ts, count, lists)
+            self.firewall.note(addr, event)
+            stage = stage_of(event)
+            if stage is not None:
+                self.store.set_stage(ip, stage, event.ts, event.name)
+            campaign = self.killchain.observe(ip, event)
+        alert = self.alerts.submit(event)
+        if alert is not None:
+            # The event itself is in response_events; the alert row keeps the summary only.
+            self.store.add_alert(event.ts, alert.ip if addr is not None else None, event.name,
+                                 event.severity.label, alert.suppressed,
+                                 {"alert": alert.summary()})
+        if addr is not None:
+            self.firewall.consider(addr, event, score)
+        return campaign
 
     # -- the public verbs ----------------------------------------------------------------
     def block(self, ip: str, duration: float | str | None = None,

@@ -57,7 +57,8 @@ class ResponseStore:
     def __init__(self, path: str, *, max_rows: int = 200_000) -> None:
         self.path = path
         self.max_rows = max_rows
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                    timeout=10.0)
         self._db.row_factory = sqlite3.Row
@@ -78,15 +79,28 @@ class ResponseStore:
                 )
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction for every write inside (re-entrant on the same thread)."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
+                self._depth = 0
                 self._db.execute("ROLLBACK")
                 raise
+            self._depth = 0
             self._db.execute("COMMIT")
+
+    _tx = transaction
 
     def close(self) -> None:
         with self._lock:
