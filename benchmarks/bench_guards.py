@@ -14,12 +14,12 @@ Run: ``.venv/bin/python benchmarks/bench_guards.py`` (writes ``docs/benchmarks/g
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import platform
 import re
 import statistics
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -143,19 +143,15 @@ def bench_ssrf(rows: list[str]) -> None:
     guard = ssrf.Guard(resolver=fixed, bus=EventBus())
 
     def check(url: str) -> None:
-        try:
+        with contextlib.suppress(ssrf.Blocked):
             guard.check_url(url)
-        except ssrf.Blocked:
-            pass
 
     ours = _per_item(check, URLS * 50, 3)
 
     def naive(url: str) -> None:
         host = urllib.parse.urlsplit(url).hostname or ""
-        try:
+        with contextlib.suppress(ValueError):
             ipaddress.ip_address(host)
-        except ValueError:
-            pass
 
     base = _per_item(naive, URLS * 50, 3)
     rows.append(_row("ssrf.check_url (resolver stubbed)", len(URLS), ours, base))
@@ -202,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
