@@ -62,7 +62,9 @@ def machine() -> list[str]:
     return [f"- nproc: {os.cpu_count()}", f"- CPU: {cpu}",
             f"- Python: {platform.python_version()} ({platform.python_implementation()})",
             f"- command: `.venv/bin/python benchmarks/{Path(__file__).name}`",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
+            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"- load average at start: {os.getloadavg()[0]:.2f} (other work shares the "
+            "machine; figures are single runs)"]
 
 
 def bench_blocklist() -> list[str]:
