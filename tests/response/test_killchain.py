@@ -88,3 +88,34 @@ def test_stages_outside_the_window_do_not_combine(engine_factory: Any) -> None:
 def test_campaign_technique_record_is_frozen() -> None:
     t = technique("T1046")
     assert isinstance(t, Technique)
+
+
+def test_a_restart_remembers_reputation_and_stages(tmp_path: Any) -> None:
+    from garrison import EventBus, Garrison
+    from garrison.respond import install
+
+    from .conftest import config
+
+    cfg = config(tmp_path, reputation={"half_life": "30d"})
+    ip = "203.0.113.70"
+    t = 1_700_000_000.0
+
+    def run(steps: list[tuple[str, dict[str, Any]]], start: float) -> tuple[Any, list[Event]]:
+        bus = EventBus()
+        seen: list[Event] = []
+        bus.on("*", seen.append)
+        engine = Garrison(cfg, bus=bus)
+        svc = install(engine)
+        for i, (name, detail) in enumerate(steps):
+            engine.emit(ev(name, ip, start + i, Severity.LOW, **detail))
+        score = svc.reputation.score(svc.firewall.guard.check(ip), start + 10)
+        svc.close()
+        return score, seen
+
+    s1, seen1 = run(CAMPAIGN_STEPS[:2], t)
+    s2, seen2 = run(CAMPAIGN_STEPS[2:], t + 100)  # a new process on the same database
+    assert s2 < s1 < 0.5  # the second process started from the first one's score
+    campaigns = [e for e in seen1 + seen2 if e.name == CAMPAIGN_DETECTED]
+    assert len(campaigns) == 1 and campaigns[0].detail["stage_count"] == 4
+    _, seen3 = run(CAMPAIGN_STEPS, t + 200)  # and a third does not report it again
+    assert not [e for e in seen3 if e.name == CAMPAIGN_DETECTED]

@@ -76,6 +76,21 @@ class KillChain:
             message=f"{ip} reached all {len(STAGES)} kill-chain stages",
         )
 
+    def restore(self, ip: str, reached: dict[str, float], events: dict[str, str]) -> None:
+        """Seed ``ip`` with stages reached before a restart (stage -> seconds since epoch)."""
+        chain = self._chains.get(ip)
+        if chain is None:
+            chain = self._chains[ip] = _Chain()
+            while len(self._chains) > self.max_ips:
+                self._chains.popitem(last=False)
+        for stage, ts in reached.items():
+            if stage in STAGES and ts > chain.stages.get(stage, float("-inf")):
+                chain.stages[stage] = ts
+                chain.events[stage] = events.get(stage, "")
+        if all(s in chain.stages for s in STAGES) and chain.fired_at is None:
+            # A full chain on record was reported before the restart: do not report it twice.
+            chain.fired_at = max(chain.stages.values())
+
     def stages(self, ip: str, now: float) -> list[str]:
         """Stages ``ip`` reached within the window before ``now``, in kill-chain order."""
         chain = self._chains.get(ip)

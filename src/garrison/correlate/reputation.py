@@ -155,6 +155,10 @@ class Reputation:
         st = self._state(addr, at)
         st.score, st.at, st.events = max(0.0, min(1.0, score)), at, events
 
+    def known(self, addr: IPAddress) -> bool:
+        """True if ``addr`` has state in memory."""
+        return addr in self._ips
+
     def summary(self, addr: IPAddress) -> tuple[int, list[str]]:
         """``(events charged, blocklists holding it)`` for ``addr`` (cheap: no history)."""
         st = self._ips.get(addr)

@@ -78,8 +78,8 @@ def current() -> ResponseService:
         from garrison.config import load_config
         from garrison.respond.service import ResponseService
 
+        # The firewall is set up on the first block/unblock, not for a mere investigate.
         _current = ResponseService.from_config(load_config())
-        _current.start()
     return _current
 
 

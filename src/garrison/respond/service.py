@@ -88,6 +88,7 @@ class ResponseService:
             self.alerts.add_handler(hook, name=hook.__name__, webhook_only=True)
         self.counters: dict[str, int] = {"events": 0, "bad_actor": 0, "campaigns": 0}
         self._last_sweep = 0.0
+        self._started = False
 
     @classmethod
     def from_config(
@@ -110,8 +111,21 @@ class ResponseService:
                    emit=emit, clock=clock)
 
     def start(self) -> None:
-        """Set up the firewall and reconcile it with the records."""
-        self.firewall.start()
+        """Set up the firewall and reconcile it with the records (once; later calls no-op)."""
+        if not self._started:
+            self._started = True
+            self.firewall.start()
+
+    def _restore(self, addr: IPAddress, ip: str) -> None:
+        """Seed memory with what SQLite remembers of ``addr`` (after a restart)."""
+        row = self.store.reputation(ip)
+        if row is not None:
+            self.reputation.restore(addr, float(row["score"]), float(row["at"]),
+                                    int(row["events"]))
+        stages = self.store.stages(ip)
+        if stages:
+            self.killchain.restore(ip, {s: ts for s, (ts, _) in stages.items()},
+                                   {s: name for s, (_, name) in stages.items()})
 
     # -- the bus handler ------------------------------------------------------------------
     def handle(self, event: Event) -> None:
@@ -144,6 +158,8 @@ class ResponseService:
         score = 1.0
         if addr is not None:
             ip = str(addr)
+            if not self.reputation.known(addr) and not self.reputation.is_trusted(addr):
+                self._restore(addr, ip)
             if event.name not in (BLOCKED, UNBLOCKED):
                 self.store.add_event(event.ts, ip, event.name, event.severity.label,
                                      is_verified(event), event.to_ecs())
@@ -173,10 +189,12 @@ class ResponseService:
               reason: str = "manual") -> BlockRecord:
         """Block ``ip`` for ``duration`` (seconds or ``"1h"``; default the configured one)."""
         secs = None if duration is None else parse_duration(duration)
+        self.start()
         return self.firewall.block(ip, secs, reason)
 
     def unblock(self, ip: str) -> bool:
         """Lift the block on ``ip`` now; True if it was blocked."""
+        self.start()
         return self.firewall.unblock(ip)
 
     def blocks(self) -> list[dict[str, Any]]:
