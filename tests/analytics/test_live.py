@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import select
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -39,6 +40,26 @@ UPLOAD = 50 * 1024 * 1024  # bytes
 CHUNK = 1024 * 1024
 
 
+def read_until(stream: IO[bytes], text: str, timeout: float, proc: subprocess.Popen[bytes]
+               ) -> str:
+    """Read ``stream`` until ``text`` appears; fail after ``timeout`` seconds or at EOF (never
+    blocks longer: select() before every read)."""
+    deadline = time.monotonic() + timeout
+    got = b""
+    fd = stream.fileno()
+    while text.encode() not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {text!r} within {timeout}s; got {got[-500:]!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise AssertionError(f"EOF (exit {proc.poll()}) before {text!r}: {got[-500:]!r}")
+            got += chunk
+    return got.decode(errors="replace")
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Poll ``check`` until it returns something truthy, at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -61,13 +82,14 @@ def topo() -> Iterator[Topology]:
 class Capture:
     """tcpdump in a namespace, writing a pcap; ``stop()`` flushes and returns the path."""
 
-    def __init__(self, topo: Topology, ns: str, iface: str, path: Path, bpf: str) -> None:
-        self.proc = topo.popen(ns, ["tcpdump", "-i", iface, "-s", "256", "-U", "-w", str(path),
-                                    bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def __init__(self, topo: Topology, ns: str, iface: str, path: Path, bpf: str,
+                 snaplen: int = 256) -> None:
+        self.proc = topo.popen(ns, ["tcpdump", "-i", iface, "-s", str(snaplen), "-U", "-w",
+                                    str(path), bpf],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.path = path
         assert self.proc.stderr is not None
-        line = self.proc.stderr.readline().decode()  # "listening on ..." once it captures
-        assert "listening" in line, line
+        read_until(self.proc.stderr, "listening on", 20, self.proc)  # it captures from now on
 
     def stop(self) -> Path:
         self.proc.send_signal(signal.SIGINT)
@@ -143,7 +165,10 @@ def test_live_iodine_tunnel_is_caught(topo: Topology, tmp_path: Path) -> None:
     require_root_tools("iodine", "iodined")
     if not os.path.exists("/dev/net/tun"):
         pytest.skip("needs /dev/net/tun for iodine")
-    cap = Capture(topo, topo.defended, topo.defended_if, tmp_path / "dns.pcap", "port 53")
+    # 512 bytes hold any DNS name; at the default 256 iodine's longest queries are cut (counted
+    # as truncated) and only its shorter ones are scored.
+    cap = Capture(topo, topo.defended, topo.defended_if, tmp_path / "dns.pcap", "port 53",
+                  snaplen=512)
     server = topo.popen(topo.defended, ["iodined", "-f", "-l", DEFENDED_V4, "-P", "garrison",
                                         "10.53.0.1/27", "t.tun.test"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -157,15 +182,7 @@ def test_live_iodine_tunnel_is_caught(topo: Topology, tmp_path: Path) -> None:
                                            "t.tun.test"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert client.stderr is not None
-        stderr = client.stderr
-
-        def connected() -> bool:
-            line = stderr.readline().decode(errors="replace")
-            if not line and client.poll() is not None:
-                raise AssertionError(f"iodine exited with {client.returncode}")
-            return "Connection setup complete" in line
-
-        wait_for("the iodine tunnel", connected, timeout=60)
+        read_until(client.stderr, "Connection setup complete", 60, client)
         # Push some data through the tunnel.
         topo.run(topo.outside, ["ping", "-c", "20", "-i", "0.05", "-s", "800", "10.53.0.1"],
                  check=False, timeout=60)
@@ -176,6 +193,7 @@ def test_live_iodine_tunnel_is_caught(topo: Topology, tmp_path: Path) -> None:
                 proc.wait(timeout=10)
         path = cap.stop()
     events = [e for e in replay_with(path, []) if e.name == DNS_TUNNEL]
-    assert len(events) == 1
+    packets = sum(1 for _ in read_packets(path))
+    assert len(events) == 1, f"{len(events)} dns-tunnel events from {packets} packets"
     d = events[0].detail
     assert d["domain"] == "t.tun.test" and d["client"] == OUTSIDE_V4 and d["ip"] == OUTSIDE_V4
