@@ -219,6 +219,11 @@ class ResponseService:
         return handler
 
     def close(self) -> None:
+        """Stop webhooks and handlers, close the database; forget this as the current one."""
+        import garrison.respond as respond
+
+        if respond._current is self:
+            respond._current = None
         for hook in self.webhooks:
             hook.stopping.set()
         self.alerts.close()
