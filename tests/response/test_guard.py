@@ -163,3 +163,25 @@ def test_dry_run_records_and_logs_but_runs_nothing(engine_factory: Any) -> None:
     assert rec.dry_run and runner.commands == []
     assert svc.blocks()[0]["dry_run"] == 1
     assert [e.detail["dry_run"] for e in seen if e.name == "blocked"] == [True]
+
+
+def test_backend_choice_and_fallback(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from garrison.respond.backend import NoBackend
+    from garrison.respond.service import make_backend
+
+    from .conftest import config
+
+    nft_cfg = config(tmp_path, firewall={"backend": "nftables"})
+    ipt_cfg = config(tmp_path, firewall={"backend": "iptables"})
+    assert isinstance(make_backend(config(tmp_path)), NoBackend)
+    assert isinstance(make_backend(ipt_cfg), IpsetBackend)
+    assert isinstance(make_backend(nft_cfg, platform="win32"), netsh.NetshBackend)
+    # A host with ipset but no nft: PATH holds only an ipset executable.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ipset").write_text("#!/bin/sh\nexit 0\n")
+    (bindir / "ipset").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    assert isinstance(make_backend(nft_cfg), IpsetBackend)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert isinstance(make_backend(nft_cfg), NftBackend)  # neither: nft, which fails loudly

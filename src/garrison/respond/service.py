@@ -10,6 +10,8 @@ object offers :meth:`block`, :meth:`unblock`, :meth:`investigate`, :meth:`collec
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +28,7 @@ from garrison.respond.backend import Backend, NoBackend, Runner
 from garrison.respond.firewall import BlockRecord, FirewallResponder, is_verified
 from garrison.respond.guard import BlockGuard
 from garrison.respond.ipset import IpsetBackend
+from garrison.respond.netsh import NetshBackend
 from garrison.respond.nft import NftBackend
 from garrison.respond.store import ResponseStore
 from garrison.respond.webhook import Webhook
@@ -35,15 +38,24 @@ log = logging.getLogger("garrison.respond")
 _SWEEP_EVERY = 1.0  # seconds of wall time between expiry sweeps driven by events
 
 
-def make_backend(config: GarrisonConfig, prefix: Sequence[str] = ()) -> Backend:
-    """The firewall backend ``config.firewall.backend`` names."""
+def make_backend(config: GarrisonConfig, prefix: Sequence[str] = (),
+                 platform: str = sys.platform) -> Backend:
+    """The firewall backend ``config.firewall.backend`` names.
+
+    ``nftables`` falls back to ipset + iptables when ``nft`` is not installed but ``ipset``
+    is; on Windows any enforcing backend means Windows Firewall (``netsh``)."""
     fw = config.firewall
     runner = Runner(prefix)
+    if fw.backend == "none":
+        return NoBackend()
+    if platform == "win32":
+        return NetshBackend(runner)
+    if fw.backend == "nftables" and shutil.which("nft") is None and shutil.which("ipset"):
+        log.warning("nft not found: falling back to ipset + iptables")
+        return IpsetBackend(runner, table=fw.table, set_only=fw.set_only)
     if fw.backend == "nftables":
         return NftBackend(runner, table=fw.table, priority=fw.priority, set_only=fw.set_only)
-    if fw.backend == "iptables":
-        return IpsetBackend(runner, table=fw.table, set_only=fw.set_only)
-    return NoBackend()
+    return IpsetBackend(runner, table=fw.table, set_only=fw.set_only)
 
 
 class ResponseService:
