@@ -273,7 +273,7 @@ class ExfilDetector:
             flow.out += n
             if flow.outbound:
                 out.extend(self._upload(p, key, flow, n))
-        if flow.outbound and flow.band > 0:
+        if flow.outbound and p.ts - flow.first >= LONG_LIVED_BANDS[-1][0] and flow.band > 0:
             out.extend(self._long_lived(p, key, flow))
         return out
 

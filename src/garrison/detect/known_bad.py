@@ -34,6 +34,7 @@ DEFAULT_SUSPICIOUS_PORTS: Final = frozenset(
     {1337, 31337, 4444, 4445, 5555, 6666, 6667, 6668, 6669, 12345, 27374, 1234, 9001, 50050}
 )
 
+_TRANSPORT: Final = {TCP: "tcp", UDP: "udp"}
 T1571: Final = Technique("T1571", "Non-Standard Port", "TA0011", "Command and Control")
 T1071: Final = Technique("T1071", "Application Layer Protocol", "TA0011", "Command and Control")
 
@@ -93,7 +94,7 @@ class KnownBadDetector:
         # As seen in the packet, which is not always the direction of the connection.
         flow = (obs.src, obs.sport, obs.dst, obs.dport)
         back = (obs.dst, obs.dport, obs.src, obs.sport)
-        proto = transport_name(obs.proto)
+        proto = _TRANSPORT.get(obs.proto) or transport_name(obs.proto)
         out: list[Event] = []
         if self._blocked(remote):
             rport = obs.dport if src_home else obs.sport
