@@ -152,6 +152,9 @@ class HoneypotConfig(Section):
     recheck_interval: Duration = Field(
         60.0, description="auto: how often to re-check that no real service wants our ports"
     )
+    ssh_auth: bool = Field(
+        True, description="SSH decoy completes key exchange and records logins (asyncssh)"
+    )
 
 
 class FirewallConfig(Section):

@@ -4,10 +4,12 @@ they sent comes back in the ``honeypot`` event."""
 from __future__ import annotations
 
 import shutil
+import sys
 from typing import Any
 
 import pytest
 
+from garrison.sensors.honeypot.services import ssh_auth_available
 from tests.honeypot.conftest import Decoys
 from tests.support.netns import DEFENDED_V4, DEFENDED_V6, OUTSIDE_V4, OUTSIDE_V6
 
@@ -63,16 +65,42 @@ def test_redis_cli_ping_info_and_config_set(decoys: Decoys) -> None:
     assert "config set dir /root/.ssh" in g["commands"]
 
 
-def test_ssh_client_sees_openssh_and_key_exchange(decoys: Decoys) -> None:
+def test_ssh_client_sees_openssh_and_is_denied(decoys: Decoys) -> None:
     need("ssh")
     r = decoys.outside(["ssh", "-v", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                         f"root@{DEFENDED_V4}", "true"])
     assert r.returncode != 0
     assert "remote software version OpenSSH_9.2p1 Debian-2+deb12u6" in r.stderr
-    assert "SSH2_MSG_KEXINIT received" in r.stderr
-    g = event_for(decoys, 22, "client_version")
+    if ssh_auth_available():  # asyncssh: a full key exchange, then no way in
+        assert "Permission denied (publickey,password)" in r.stderr
+        g = event_for(decoys, 22, "'username': 'root'")
+    else:  # without it the decoy hangs up after the algorithm offer
+        assert "SSH2_MSG_KEXINIT received" in r.stderr
+        g = event_for(decoys, 22, "client_version")
     assert g["session"]["client_version"].startswith("SSH-2.0-OpenSSH")
+
+
+SSH_PASSWORD_CLIENT = """
+import asyncio, sys, asyncssh
+async def main():
+    try:
+        async with asyncssh.connect(sys.argv[1], 22, username="oracle", password="Welcome1",
+                                    known_hosts=None, connect_timeout=10):
+            print("logged in")
+    except asyncssh.PermissionDenied:
+        print("permission denied")
+asyncio.run(main())
+"""
+
+
+def test_ssh_password_attempt_is_recorded(decoys: Decoys) -> None:
+    if not ssh_auth_available():
+        pytest.skip("needs asyncssh (the honeypot extra) for SSH login capture")
+    r = decoys.outside([sys.executable, "-c", SSH_PASSWORD_CLIENT, DEFENDED_V4])
+    assert r.stdout.strip() == "permission denied", r.stderr
+    g = event_for(decoys, 22, "Welcome1")
+    assert g["credentials"] == [{"username": "oracle", "password": "Welcome1"}]
 
 
 def test_mysql_client_is_denied(decoys: Decoys) -> None:

@@ -39,7 +39,7 @@ async def running() -> AsyncIterator[tuple[HoneypotComponent, list[Event], list[
     cfg = HoneypotConfig(
         services={ssh_port: "ssh", redis_port: "redis"}, bind=["127.0.0.1"],
         max_sessions=6, max_sessions_per_source=3, idle_timeout=0.5, session_timeout=5.0,
-        max_input_bytes=1024, max_capture_bytes=64, events_per_source=1000,
+        max_input_bytes=1024, max_capture_bytes=64, events_per_source=1000, ssh_auth=False,
     )
     comp = HoneypotComponent(cfg, emit=events.append)
     await comp.open()
@@ -151,7 +151,7 @@ async def test_a_newcomer_gets_in_when_one_source_holds_every_slot() -> None:
     (port,) = free_ports(1)
     comp = HoneypotComponent(
         HoneypotConfig(services={port: "ssh"}, bind=["127.0.0.1"], max_sessions=4,
-                       max_sessions_per_source=4, idle_timeout=5.0),
+                       max_sessions_per_source=4, idle_timeout=5.0, ssh_auth=False),
         emit=lambda e: None,
     )
     await comp.open()
@@ -168,3 +168,26 @@ async def test_a_newcomer_gets_in_when_one_source_holds_every_slot() -> None:
             w.close()
     finally:
         await comp.stop()
+
+
+async def test_ssh_logins_are_recorded_and_refused() -> None:
+    asyncssh = pytest.importorskip("asyncssh", reason="SSH login capture needs asyncssh")
+    (port,) = free_ports(1)
+    events: list[Event] = []
+    comp = HoneypotComponent(HoneypotConfig(services={port: "ssh"}, bind=["127.0.0.1"]),
+                             emit=events.append)
+    await comp.open()
+    try:
+        for password in ("123456", "root"):
+            with pytest.raises(asyncssh.PermissionDenied):
+                await asyncssh.connect("127.0.0.1", port, username="root", password=password,
+                                       known_hosts=None)
+        await until(lambda: len(events) == 2)
+    finally:
+        await comp.stop()
+    assert [e.detail["credentials"] for e in events] == [
+        [{"username": "root", "password": "123456"}], [{"username": "root", "password": "root"}],
+    ]
+    assert events[0].detail["session"]["client_version"].startswith("SSH-2.0-AsyncSSH")
+    assert [t.id for t in events[0].techniques][-1] == "T1110"
+    assert comp.active_sessions == 0

@@ -75,8 +75,9 @@ def test_flood_leaves_memory_and_fds_bounded_and_decoys_answering(
 
         # While the flood holds every connection the decoys let it keep:
         fds, rss = fd_count(pid), rss_kib(pid)
-        listeners = 6  # 3 ports x (IPv4 + IPv6)
-        assert fds <= base_fds + MAX_SESSIONS + listeners, (fds, base_fds)
+        print(f"flood {report}: fds {base_fds} -> {fds}, RSS {base_rss} -> {rss} KiB")
+        # An SSH session owned by asyncssh holds a second descriptor (a dup of the socket).
+        assert fds <= base_fds + 2 * MAX_SESSIONS, (fds, base_fds)
         assert rss - base_rss < 48 * 1024, (rss, base_rss)  # KiB
 
         # A newcomer still gets answers from every decoy.
@@ -88,7 +89,8 @@ def test_flood_leaves_memory_and_fds_bounded_and_decoys_answering(
         r = flooded.outside(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o",
                              "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                              f"x@{DEFENDED_V4}", "true"], timeout=20)
-        assert "Connection closed by" in r.stderr or "kex" in r.stderr, r.stderr
+        # asyncssh decoy: "Permission denied"; banner-only decoy: "Connection closed by".
+        assert "Permission denied" in r.stderr or "Connection closed by" in r.stderr, r.stderr
     finally:
         flood.kill()
         flood.wait(timeout=10)

@@ -29,7 +29,7 @@ from garrison.sensors.honeypot import ports as portcheck
 from garrison.sensors.honeypot.catalog import AUTO_CANDIDATES, plan_ports
 from garrison.sensors.honeypot.limits import EventBudget, SessionLimiter, source_key
 from garrison.sensors.honeypot.report import Visit, honeypot_event
-from garrison.sensors.honeypot.services import DECOYS, Decoy
+from garrison.sensors.honeypot.services import Decoy, decoys
 from garrison.sensors.honeypot.session import Session, SessionEnd
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class HoneypotComponent:
         self._budget = EventBudget(
             config.events_per_source, config.event_window, config.max_sources
         )
+        self._decoys = decoys(config.ssh_auth)
         self._servers: dict[int, list[asyncio.Server]] = {}
         self._services: dict[int, str] = {}
         self._auto: set[int] = set()
@@ -133,7 +134,7 @@ class HoneypotComponent:
                 plan[port] = plan_ports([port], {})[port]
             self._auto = set(auto)
         for port, service in sorted(plan.items()):
-            await self._listen(port, DECOYS[service])
+            await self._listen(port, self._decoys[service])
         if self._auto and cfg.recheck_interval > 0:
             self._recheck = asyncio.create_task(self._recheck_loop())
         log.info("honeypot serving %s", ", ".join(f"{p}/{s}" for p, s in self._services.items()))

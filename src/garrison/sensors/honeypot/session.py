@@ -9,6 +9,7 @@ byte read lands in a bounded sample. When a bound is hit the session ends with
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, Final
 
 from garrison.sensors.honeypot.text import escape, field
@@ -54,6 +55,7 @@ class Session:
         self._max_capture = max_capture
         self._max_input = max_input
         self._idle = idle_timeout
+        self.idle_timeout = idle_timeout
         self._buf = bytearray()
         self.sample = bytearray()
         self.bytes_in = 0
@@ -145,6 +147,15 @@ class Session:
     def peek(self, n: int) -> bytes:
         """Up to ``n`` already-received bytes, left unconsumed (never waits)."""
         return bytes(self._buf[:n])
+
+    def take_socket(self) -> socket.socket:
+        """The connection's socket, for a protocol library that must own the connection (SSH).
+        Our own stream stops reading; the caller works on a duplicate of the descriptor."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is None:
+            raise SessionEnd("eof")
+        self._writer.transport.pause_reading()  # type: ignore[attr-defined]
+        return sock  # type: ignore[no-any-return]
 
     # -- capture ----------------------------------------------------------------------------
     def command(self, text: bytes | str) -> None:

@@ -1,10 +1,12 @@
 """The decoy services: one module per protocol, each with ``BANNER`` and ``serve(session)``.
 
-:data:`DECOYS` maps every ``HoneypotService`` name of :mod:`garrison.config` to its decoy.
+:data:`DECOYS` maps every ``HoneypotService`` name of :mod:`garrison.config` to its decoy;
+:func:`decoys` is the same with the SSH decoy backed by asyncssh when that is installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -57,3 +59,18 @@ DECOYS: Final[Mapping[str, Decoy]] = {
         Decoy("tcp", "", _silent),
     )
 }
+
+
+def ssh_auth_available() -> bool:
+    """True when asyncssh (the ``honeypot`` extra) is installed."""
+    return importlib.util.find_spec("asyncssh") is not None
+
+
+def decoys(ssh_auth: bool = True) -> Mapping[str, Decoy]:
+    """The decoys to serve: with ``ssh_auth`` and asyncssh installed, the SSH decoy completes
+    the key exchange and records login attempts; otherwise it stops after the algorithm offer."""
+    if not (ssh_auth and ssh_auth_available()):
+        return DECOYS
+    from garrison.sensors.honeypot.services import ssh_auth as auth
+
+    return {**DECOYS, "ssh": Decoy("ssh", ssh.BANNER, auth.serve)}
