@@ -61,7 +61,23 @@ _DDL_OBJECTS: Final = words(
     TABLE DATABASE VIEW INDEX PROCEDURE FUNCTION TRIGGER SCHEMA USER LOGIN
     """
 )
-_CONTEXTS: Final = (("value", ""), ("single-quote", "'"), ("double-quote", '"'))
+_CONTEXTS: Final = (
+    ("value", ""), ("single-quote", "'"), ("double-quote", '"'), ("backtick", "`"),
+)
+_CATALOGS: Final = words(
+    """
+    INFORMATION_SCHEMA PG_CATALOG PG_SHADOW PG_USER MYSQL.USER MYSQL.DB SYSOBJECTS SYSCOLUMNS
+    SQLITE_MASTER SQLITE_SCHEMA SQLITE_TEMP_MASTER MASTER.SYSDATABASES MSYSACCESSOBJECTS
+    MSYSOBJECTS SYS.OBJECTS SYS.TABLES ALL_TABLES USER_TABLES DBA_USERS
+    """
+)
+_PG_TYPES: Final = words(
+    """
+    INT INTEGER BIGINT SMALLINT TEXT BOOL BOOLEAN NUMERIC OID REAL DOUBLE VARCHAR CHAR JSON
+    JSONB BYTEA REGCLASS DATE TIMESTAMP
+    """
+)
+_ALTER_ACTIONS: Final = words("ADD CHANGE DROP MODIFY RENAME ALTER OWNER DISABLE ENABLE")
 _END: Final = Token("", "")
 
 
@@ -147,10 +163,27 @@ def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
             hit = _statement(toks, i, paranoia)
             if hit:
                 return hit, i
+        elif ty == "k" and t.text == "FROM" and (
+            _skip(toks, i + 1, "c(").text.strip("`").split(".")[0] in _CATALOGS
+            or _skip(toks, i + 1, "c(").text.strip("`") in _CATALOGS
+        ):
+            return "FROM a system catalog", i
+        elif ty == "o" and t.text == "::" and i > 0 and toks[i - 1].type in "n1s)" and (
+            _skip(toks, i + 1, "c").text in _PG_TYPES
+        ):
+            return "PostgreSQL type cast ::", i
+        elif ty == "B" and t.text == "PROCEDURE" and _skip(toks, i + 1, "c").text == "ANALYSE":
+            return "PROCEDURE ANALYSE", i
         elif ty == "B" and t.text == "INTO" and _skip(toks, i + 1, "c").text in (
             "OUTFILE", "DUMPFILE",
         ):
             return "INTO OUTFILE file write", i
+        elif paranoia >= 2 and ty == "n" and t.text.strip("`") in _CATALOGS:
+            return f"system catalog name {t.text}", i
+        elif paranoia >= 2 and ty == "f" and t.text in INFO_FUNCTIONS and (
+            i + 1 < n and toks[i + 1].type == "("
+        ):
+            return f"database information function {t.text}(", i
         elif ty == "v" and t.text.upper().split(".")[0] in _AT_AT and (n > 1 or paranoia >= 2):
             return f"server variable {t.text}", i
     return None
@@ -224,6 +257,14 @@ def _statement(
     ended = after_semicolon or prev in ("s", ";", ")") or any(
         x.type in ";c" for x in toks[i + 1 :]
     )
+    if t in ("EXEC", "EXECUTE") and (
+        first.text in ("MASTER", "IMMEDIATE") or (first.type == "(" and second.type == "v")
+    ):
+        return f"{t} {first.text}"
+    if t == "ALTER" and first.text == "TABLE" and second.type == "n" and len(rest) > 2 and (
+        rest[2].text in _ALTER_ACTIONS
+    ):
+        return "ALTER TABLE statement"
     if t in ("EXEC", "EXECUTE") and first.type in "nfv":
         if first.text.startswith(("XP_", "SP_", "MASTER.", "SYS.")) or first.type == "v":
             return f"{t} of a stored procedure"
@@ -259,6 +300,8 @@ def _select(toks: list[Token], i: int, paranoia: int, after_semicolon: bool) -> 
     nxt = toks[j] if j < n else _END
     if nxt.type in "vf(" or nxt.text in ("*", "DISTINCT", "TOP", "CASE"):
         return "SELECT subquery"
+    if nxt.text in DANGEROUS_FUNCTIONS:
+        return f"SELECT of {nxt.text}"
     if nxt.type in "1s" and (opening or after_semicolon):
         after = _skip(toks, j + 1, "c")
         if after is _END or after.type in (",)c;" if nxt.type == "s" else ",)c;&oUk"):
@@ -279,6 +322,10 @@ def _select(toks: list[Token], i: int, paranoia: int, after_semicolon: bool) -> 
             if after.text == "WHERE" and _expr(toks, _skip_i(toks, k + 3, "c"))[1] & _CMP:
                 return "SELECT ... FROM ... WHERE query"
             return None
+        if tk.type == "B" and tk.text in ("GROUP BY", "ORDER BY", "HAVING") and opening and (
+            k > j and toks[k - 1].type in "n1)"
+        ):
+            return f"SELECT ... {tk.text} query"
         if tk.type in "E;U":
             return None
     return None
@@ -344,10 +391,18 @@ def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] |
         elif flags & _CMP or (last.type == "s" and last.text.startswith("'")):
             return f"operator {t.text} after the closed string", i
         return None
-    if ty == ";" and quote and i + 1 < n and toks[i + 1].type == "c":
-        return "statement terminated after the closed string", i
+    if ty == ";" and quote:
+        j = _skip_i(toks, i + 1, "c")
+        if j > i + 1 or (j >= n and (toks[i - 1].type == "c" or paranoia >= 2)):
+            return "statement terminated after the closed string", i
+        if j < n and (toks[j].type == "E" or toks[j].text in ("IF", "WHILE", "BEGIN", "SET")):
+            return f"stacked statement {toks[j].text} after the closed string", i
     if ty == "B":
         return _clause(toks, i, quote, hflags)
+    if ty == "k" and t.text == "AS" and i + 2 < n and toks[i + 1].type in "ns" and (
+        toks[i + 2].text == "FROM" and _skip(toks, i + 3, "c").type in "n("
+    ):
+        return "column alias ... FROM after the value", i
     if ty == "k" and t.text in ("WHERE", "FROM", "AS") and i + 1 < n:
         end, flags = _expr(toks, i + 1)
         if end >= 0 and flags & (_CMP | _SQL) and (quote or hflags & 8):
@@ -392,6 +447,8 @@ def _logic(
         return f"logic operator {t.text} after the closed string", i
     if flags & (_CMP | _SQL) or tail or (paranoia >= 2 and hflags & 8):
         return f"logic operator {t.text} after the value", i
+    if hflags & 8 and any(x.type == "c" for x in toks[i - 1 : end]):
+        return f"logic operator {t.text} with comments inside", i
     if hflags & 8 and end < n and toks[end].type == "c" and _bare_comment(toks[end].text):
         return f"logic operator {t.text} after the value", i
     return None
