@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, NamedTuple
 
 # Reasons a request is refused; they appear in events, metrics and the 429 body.
 THROTTLE: Final = "throttle"
@@ -78,8 +78,7 @@ class LimitPolicy:
             raise ValueError("LimitPolicy.strikes and offences_to_ban must be >= 1")
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
+class Binding(NamedTuple):
     """Where a session was first seen: its travel group (an address or prefix) and UA hash."""
 
     session: str
@@ -89,8 +88,7 @@ class Binding:
     ban: float = 600.0
 
 
-@dataclass(frozen=True, slots=True)
-class PendingBan:
+class PendingBan(NamedTuple):
     """A ban decided off the request path (by scoring), to be written with the next check.
 
     ``duration`` (seconds) is the first-offence length; repeat offenders get it doubled per
@@ -102,8 +100,7 @@ class PendingBan:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class CheckRequest:
+class CheckRequest(NamedTuple):
     """One request's question to the store. ``now`` in seconds since the epoch."""
 
     now: float
@@ -113,8 +110,7 @@ class CheckRequest:
     cost: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     """The store's answer.
 
     ``retry_after`` in seconds (0 when allowed); ``trust`` the lowest rate-limit trust among the
@@ -131,7 +127,7 @@ class CheckResult:
     culprit: str | None = None
     bound_group: str | None = None
     degraded: bool = False
-    ban_until: tuple[float, ...] = field(default=())
+    ban_until: tuple[float, ...] = ()
 
 
 OPEN: Final = CheckResult(allowed=True, degraded=True)

@@ -27,12 +27,22 @@ from garrison.store.base import (
     PendingBan,
 )
 
-# Slots of an identity's state list.
-_TAT, _TRUST, _STRIKES, _WSTART, _OFFENCES, _BAN_UNTIL, _REASON, _EXPIRES = range(8)
 
+class _State:
+    """One identity's limiter state. Times in seconds since the epoch."""
 
-def _new_state(policy: LimitPolicy) -> list[float | str]:
-    return [0.0, policy.initial_trust, 0.0, 0.0, 0.0, 0.0, "", 0.0]
+    __slots__ = ("ban_until", "expires", "offences", "reason", "strikes", "tat", "trust",
+                 "wstart")
+
+    def __init__(self, trust: float) -> None:
+        self.tat = 0.0
+        self.trust = trust
+        self.strikes = 0
+        self.wstart = 0.0
+        self.offences = 0
+        self.ban_until = 0.0
+        self.reason = ""
+        self.expires = 0.0
 
 
 def ban_length(policy: LimitPolicy, base: float, offences: int) -> float:
@@ -51,7 +61,7 @@ class MemoryStore(LimitStore):
         self.max_identities = max_identities
         self.max_sessions = max_sessions
         self._lock = threading.Lock()
-        self._ids: OrderedDict[str, list[float | str]] = OrderedDict()
+        self._ids: OrderedDict[str, _State] = OrderedDict()
         self._bindings: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         self.evicted = 0
 
@@ -69,102 +79,95 @@ class MemoryStore(LimitStore):
             return self._check(req)
 
     # -- the algorithm ----------------------------------------------------------------------
-    def _state(self, identity: str, now: float) -> list[float | str]:
+    def _state(self, identity: str, now: float) -> _State:
         st = self._ids.get(identity)
-        if st is None or float(st[_EXPIRES]) <= now:
-            st = _new_state(self.policy)
+        if st is None or st.expires <= now:
+            st = _State(self.policy.initial_trust)
             self._ids[identity] = st
-            while len(self._ids) > self.max_identities:
+            if len(self._ids) > self.max_identities:
                 self._ids.popitem(last=False)
                 self.evicted += 1
         else:
             self._ids.move_to_end(identity)
         return st
 
-    def _touch(self, st: list[float | str], now: float) -> None:
-        p = self.policy
-        keep = p.idle_ttl
-        if float(st[_OFFENCES]) > 0:
-            keep = max(keep, p.offence_memory)
-        st[_EXPIRES] = max(float(st[_EXPIRES]), now + keep, float(st[_BAN_UNTIL]))
+    def _touch(self, st: _State, now: float) -> None:
+        keep = self.policy.idle_ttl
+        if st.offences and self.policy.offence_memory > keep:
+            keep = self.policy.offence_memory
+        st.expires = max(st.expires, now + keep, st.ban_until)
 
     def _apply_ban(self, ban: PendingBan, now: float) -> float:
         st = self._state(ban.identity, now)
-        st[_OFFENCES] = float(st[_OFFENCES]) + 1
-        until = now + ban_length(self.policy, ban.duration, int(float(st[_OFFENCES])))
-        if until > float(st[_BAN_UNTIL]):
-            st[_BAN_UNTIL] = until
-            st[_REASON] = ban.reason
+        st.offences += 1
+        until = now + ban_length(self.policy, ban.duration, st.offences)
+        if until > st.ban_until:
+            st.ban_until = until
+            st.reason = ban.reason
         self._touch(st, now)
-        return float(st[_BAN_UNTIL])
+        return st.ban_until
 
     def _check(self, req: CheckRequest) -> CheckResult:
         p, now = self.policy, req.now
-        ban_until = tuple(self._apply_ban(b, now) for b in req.bans)
+        ban_until = tuple(self._apply_ban(b, now) for b in req.bans) if req.bans else ()
         states = [(ident, self._state(ident, now)) for ident in req.identities]
         # 1. standing bans
         for ident, st in states:
-            if float(st[_BAN_UNTIL]) > now:
-                return CheckResult(False, str(st[_REASON]) or BAN, float(st[_BAN_UNTIL]) - now,
-                                   float(st[_TRUST]), None, ident, ban_until=ban_until)
+            if st.ban_until > now:
+                return CheckResult(False, st.reason or BAN, st.ban_until - now, st.trust, None,
+                                   ident, ban_until=ban_until)
         # 2. session binding
         b = req.binding
         if b is not None:
             bound = self._bindings.get(b.session)
-            here = (b.group, b.agent)
             if bound is None or bound[2] <= now:
                 self._bindings[b.session] = (b.group, b.agent, now + b.ttl)
-                while len(self._bindings) > self.max_sessions:
+                if len(self._bindings) > self.max_sessions:
                     self._bindings.popitem(last=False)
-            elif (bound[0], bound[1]) != here:
+            elif bound[0] != b.group or bound[1] != b.agent:
                 st = self._state(b.session, now)
-                st[_OFFENCES] = float(st[_OFFENCES]) + 1
-                st[_BAN_UNTIL] = max(float(st[_BAN_UNTIL]), now + b.ban)
-                st[_REASON] = TRAVEL
+                st.offences += 1
+                st.ban_until = max(st.ban_until, now + b.ban)
+                st.reason = TRAVEL
                 self._touch(st, now)
-                return CheckResult(False, TRAVEL, b.ban, float(st[_TRUST]), EV_TRAVEL,
-                                   b.session, bound[0], ban_until=ban_until)
+                return CheckResult(False, TRAVEL, b.ban, st.trust, EV_TRAVEL, b.session,
+                                   bound[0], ban_until=ban_until)
             else:
                 self._bindings[b.session] = (bound[0], bound[1], now + b.ttl)
                 self._bindings.move_to_end(b.session)
         # 3. GCRA on every identity; all or nothing
-        refused: tuple[str, list[float | str], float] | None = None
+        tau = p.burst / p.rate  # burst in requests scales with trust, like the rate
+        refused: tuple[str, _State, float] | None = None
         new_tats: list[float] = []
         for ident, st in states:
-            trust = float(st[_TRUST])
-            interval = req.cost / (p.rate * (0.5 + trust))
-            tau = p.burst / p.rate  # burst in requests scales with trust too
-            tat = max(float(st[_TAT]), now) + interval
+            tat = max(st.tat, now) + req.cost / (p.rate * (0.5 + st.trust))
             if tat - now > tau and refused is None:
                 refused = (ident, st, tat - now - tau)
             new_tats.append(tat)
         if refused is None:
-            low = 1.0
+            low = 1.0 if states else p.initial_trust
             for (_, st), tat in zip(states, new_tats, strict=True):
-                st[_TAT] = tat
-                st[_TRUST] = min(1.0, float(st[_TRUST]) + p.trust_gain)
+                st.tat = tat
+                st.trust = min(1.0, st.trust + p.trust_gain)
                 self._touch(st, now)
-                low = min(low, float(st[_TRUST]))
-            return CheckResult(True, trust=low if states else p.initial_trust,
-                               ban_until=ban_until)
+                low = min(low, st.trust)
+            return CheckResult(True, trust=low, ban_until=ban_until)
         ident, st, wait = refused
-        st[_TRUST] = max(0.0, float(st[_TRUST]) - p.trust_loss)
-        if now - float(st[_WSTART]) > p.strike_window:
-            st[_STRIKES], st[_WSTART] = 0.0, now
-        st[_STRIKES] = float(st[_STRIKES]) + 1
-        event = EV_THROTTLE_START if float(st[_STRIKES]) == 1 else None
+        st.trust = max(0.0, st.trust - p.trust_loss)
+        if now - st.wstart > p.strike_window:
+            st.strikes, st.wstart = 0, now
+        st.strikes += 1
+        event = EV_THROTTLE_START if st.strikes == 1 else None
         reason = THROTTLE
-        if float(st[_STRIKES]) >= p.strikes:
-            st[_STRIKES] = 0.0
-            st[_OFFENCES] = float(st[_OFFENCES]) + 1
-            offences = int(float(st[_OFFENCES]))
-            if offences < p.offences_to_ban:
+        if st.strikes >= p.strikes:
+            st.strikes = 0
+            st.offences += 1
+            if st.offences < p.offences_to_ban:
                 reason, event, wait = BACKOFF, EV_BACKOFF, p.backoff
             else:
                 reason, event = BAN, EV_BAN
-                wait = ban_length(p, p.ban, offences - p.offences_to_ban + 1)
-            st[_BAN_UNTIL] = now + wait
-            st[_REASON] = reason
+                wait = ban_length(p, p.ban, st.offences - p.offences_to_ban + 1)
+            st.ban_until = now + wait
+            st.reason = reason
         self._touch(st, now)
-        return CheckResult(False, reason, wait, float(st[_TRUST]), event, ident,
-                           ban_until=ban_until)
+        return CheckResult(False, reason, wait, st.trust, event, ident, ban_until=ban_until)

@@ -44,6 +44,7 @@ class GarrisonMiddleware:
         self.options = WebOptions(**options)
         self.engine = WebEngine(self.options)
         self._inspect = load_inspector() if self.options.sql_firewall else None
+        self._wanted = {n.encode("latin-1"): n for n in self.engine.header_names}
 
     @property
     def metrics(self) -> Any:
@@ -62,17 +63,17 @@ class GarrisonMiddleware:
         if eng.is_exempt(path):
             await self.app(scope, receive, send)
             return
-        wanted = eng.header_names
+        wanted = self._wanted  # ASGI header names are lower-case bytes already
         headers: dict[str, str] = {}
         content_type = None
         content_length = -1
         for k, v in scope.get("headers") or ():
-            name = k.decode("latin-1").lower()
-            if name in wanted:
+            name = wanted.get(k)
+            if name is not None:
                 headers[name] = v.decode("latin-1")
-            elif name == "content-type":
+            elif k == b"content-type":
                 content_type = v.decode("latin-1")
-            elif name == "content-length":
+            elif k == b"content-length":
                 try:
                     content_length = int(v)
                 except ValueError:

@@ -30,7 +30,6 @@ or a browser fetching one page and its assets, is never scored.
 
 from __future__ import annotations
 
-import itertools
 import math
 import zlib
 from array import array
@@ -135,42 +134,58 @@ class History:
                  min_span: float) -> Features | None:
         """Features over requests within ``window`` seconds of ``now``; None if too few."""
         n = min(self.count, HISTORY)
-        order = [(self.idx - n + k) % HISTORY for k in range(n)]
-        idx = [i for i in order if now - self._ts[i] <= window]
-        if len(idx) < min_requests:
+        if n < min_requests:
             return None
-        times = [self._ts[i] for i in idx]
-        span = times[-1] - times[0]
-        if span < min_span:
+        ts, paths, sizes, statuses = self._ts, self._paths, self._bytes, self._status
+        cutoff = now - window
+        total = errors = client_errors = volume = 0
+        counts: dict[int, int] = {}
+        first = prev = -1.0
+        s1 = s2 = 0.0
+        for j in range(self.idx - n, self.idx):  # oldest to newest, one pass
+            i = j % HISTORY
+            t = ts[i]
+            if t < cutoff:
+                continue
+            total += 1
+            status = statuses[i]
+            if status >= 400:
+                errors += 1
+                if status < 500:
+                    client_errors += 1
+            volume += sizes[i]
+            counts[paths[i]] = counts.get(paths[i], 0) + 1
+            if prev >= 0:
+                gap = t - prev
+                s1 += gap
+                s2 += gap * gap
+            else:
+                first = t
+            prev = t
+        if total < min_requests or prev - first < min_span:
             return None
         rpm = self.per_minute(now)
         rate = min(rpm / RPM_FULL, 1.0)
-        statuses = [self._status[i] for i in idx]
-        errors = sum(1 for s in statuses if s >= 400) / len(idx)
-        client_errors = sum(1 for s in statuses if 400 <= s < 500) / len(idx)
-        volume = min(sum(self._bytes[i] for i in idx) / VOLUME_FULL, 1.0)
-
-        counts: dict[int, int] = {}
-        for i in idx:
-            counts[self._paths[i]] = counts.get(self._paths[i], 0) + 1
-        total = len(idx)
-        bits = -sum(c / total * math.log2(c / total) for c in counts.values())
+        err_share = errors / total
+        client_share = client_errors / total
+        bits = 0.0
+        for c in counts.values():
+            p = c / total
+            bits -= p * math.log2(p)
         top = math.log2(max(total, 16))
         high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE) if bits > ENTROPY_CENTRE else 0.0
         high = max(0.0, min(high, 1.0))
-        harm = max(rate, client_errors, high)
-        low = (ENTROPY_CENTRE - bits) / ENTROPY_CENTRE if bits < ENTROPY_CENTRE else 0.0
-        entropy = high if bits >= ENTROPY_CENTRE else low * max(rate, client_errors)
-
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        mean = sum(gaps) / len(gaps)
-        if mean > 0:
-            var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-            cv = math.sqrt(var) / mean
+        harm = max(rate, client_share, high)
+        if bits >= ENTROPY_CENTRE:
+            entropy = high
         else:
-            cv = 0.0
+            entropy = (ENTROPY_CENTRE - bits) / ENTROPY_CENTRE * max(rate, client_share)
+        gaps = total - 1
+        mean = s1 / gaps
+        cv = math.sqrt(max(s2 / gaps - mean * mean, 0.0)) / mean if mean > 0 else 0.0
         regularity = 1.0 - min(cv / 2.0, 1.0)
         return Features(
-            rate=rate, errors=errors, entropy=entropy, timing=regularity * harm, volume=volume,
-            rpm=rpm, entropy_bits=bits, cv=cv, requests=len(idx),
+            rate=rate, errors=err_share, entropy=entropy, timing=regularity * harm,
+            volume=min(volume / VOLUME_FULL, 1.0), rpm=rpm, entropy_bits=bits, cv=cv,
+            requests=total,
         )

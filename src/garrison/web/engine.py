@@ -24,8 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from garrison.bus import EventBus
 from garrison.events import BOT_BLOCKED, IMPOSSIBLE_TRAVEL, RATE_LIMITED, Event, Severity
@@ -56,14 +55,19 @@ log = logging.getLogger("garrison.web")
 DISTRUST: Final = "distrust"
 BLOCKLIST: Final = "blocklist"
 _MAX_PENDING: Final = 10_000
+_ADDR_CACHE: Final = 65_536
+"""Resolved (peer, forwarding header) pairs kept; cleared when full."""
+SCORE_EVERY: Final = 4
+"""Once a key has been judged, it is re-scored every this many requests (bounded delay)."""
+
+_Where = tuple[str | None, str | None, str | None, bool]
 
 # Header names (lower case) the engine may read.
 USER_AGENT: Final = "user-agent"
 COOKIE: Final = "cookie"
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """Who sent a request. ``key``/``session``/``api_key`` are store identities (hashed)."""
 
     ip: str | None
@@ -73,14 +77,10 @@ class Client:
     api_key: str | None
     agent: str
     allowlisted: bool
-
-    @property
-    def identities(self) -> tuple[str, ...]:
-        return tuple(i for i in (self.key, self.session, self.api_key) if i)
+    identities: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What to do with a request. ``retry_after`` in seconds; ``status`` 429 or 403 if refused."""
 
     allowed: bool
@@ -117,11 +117,21 @@ PASS: Final = Decision(allowed=True)
 class _Tracked(History):
     """A key's history plus its latest risk (None: not judged yet)."""
 
-    __slots__ = ("risk",)
+    __slots__ = ("risk", "since")
 
     def __init__(self) -> None:
         super().__init__()
         self.risk: float | None = None
+        self.since = 0
+
+    def rescore(self, min_requests: int) -> bool:
+        """True when this request should (re-)score the key: when it first has enough history,
+        then every :data:`SCORE_EVERY` requests."""
+        self.since += 1
+        if self.count == min_requests or self.since >= SCORE_EVERY:
+            self.since = 0
+            return True
+        return False
 
 
 def _hash(kind: str, value: str) -> str:
@@ -169,10 +179,13 @@ class WebEngine:
         self.reported: BoundedMap[float] = BoundedMap(o.max_ips + o.max_sessions, o.bot_ban)
         self._pending: list[PendingBan] = []
         self._lock = threading.Lock()
+        self._ip_weights = dict(o.ip_weights)
+        self._session_weights = dict(o.session_weights)
         self.metrics = WebMetrics()
         self.metrics.gauges = {"ip": lambda: len(self.ips), "session": lambda: len(self.sessions)}
         self.dropped_bans = 0
         self._warned_forwarding = False
+        self._addr_cache: dict[tuple[str | None, str | None], _Where] = {}
         # Header names the adapters should collect for identify() (lower case).
         wanted = {USER_AGENT, COOKIE, self.addresses.forwarded_header}
         for name in (o.session_header, o.api_key_header):
@@ -185,6 +198,30 @@ class WebEngine:
         """The client of a request from the socket peer and its (lower-case) headers."""
         o = self.options
         fwd = headers.get(self.addresses.forwarded_header)
+        where = self._addr_cache.get((peer, fwd))
+        if where is None:
+            where = self._resolve(peer, fwd)
+        session_raw = None
+        if o.session_header:
+            session_raw = headers.get(o.session_header.lower())
+        if session_raw is None and o.session_cookie:
+            session_raw = cookie_value(headers.get(COOKIE), o.session_cookie)
+        api_raw = headers.get(o.api_key_header.lower()) if o.api_key_header else None
+        agent = ""
+        if o.bind_user_agent:
+            agent = _hash("", headers.get(USER_AGENT, ""))
+        session = _hash("s:", session_raw) if session_raw else None
+        api_key = _hash("k:", api_raw) if api_raw else None
+        return Client(
+            ip=where[0], key=where[1], travel=where[2], session=session, api_key=api_key,
+            agent=agent, allowlisted=where[3],
+            identities=tuple(i for i in (where[1], session, api_key) if i),
+        )
+
+    def _resolve(self, peer: str | None, fwd: str | None) -> _Where:
+        """Address, group key, travel group and allowlisting of a (peer, header) pair, cached
+        (parsing addresses costs more than everything else on the request path)."""
+        o = self.options
         ip = self.addresses.client(peer, fwd)
         if fwd and not self.addresses.trusted_proxies and not self._warned_forwarding:
             addr = parse_ip(peer)
@@ -195,25 +232,19 @@ class WebEngine:
                     "behind that proxy shares one address; set trusted_proxies=['127.0.0.1']",
                     self.addresses.forwarded_header,
                 )
-        session_raw = None
-        if o.session_header:
-            session_raw = headers.get(o.session_header.lower())
-        if session_raw is None and o.session_cookie:
-            session_raw = cookie_value(headers.get(COOKIE), o.session_cookie)
-        api_raw = headers.get(o.api_key_header.lower()) if o.api_key_header else None
-        agent = ""
-        if o.bind_user_agent:
-            agent = _hash("", headers.get(USER_AGENT, ""))
-        return Client(
-            ip=str(ip) if ip is not None else None,
-            key=("ip:" + self.addresses.group(ip)) if ip is not None else None,
-            travel=(self.addresses.travel_group(ip, o.travel_tolerance)
-                    if ip is not None and o.travel_tolerance != "off" else None),
-            session=_hash("s:", session_raw) if session_raw else None,
-            api_key=_hash("k:", api_raw) if api_raw else None,
-            agent=agent,
-            allowlisted=ip is not None and self._allowlisted(ip),
-        )
+        if ip is None:
+            where: _Where = (None, None, None, False)
+        else:
+            where = (
+                str(ip), "ip:" + self.addresses.group(ip),
+                self.addresses.travel_group(ip, o.travel_tolerance)
+                if o.travel_tolerance != "off" else None,
+                self._allowlisted(ip),
+            )
+        if len(self._addr_cache) >= _ADDR_CACHE:
+            self._addr_cache.clear()  # a flood of new addresses: start over, stay bounded
+        self._addr_cache[(peer, fwd)] = where
+        return where
 
     def _allowlisted(self, ip: IPAddress) -> bool:
         return any(ip.version == n.version and ip in n for n in self.allowlist)
@@ -323,14 +354,17 @@ class WebEngine:
             if client.key:
                 st = self.ips.get_or_create(client.key, now, _Tracked)
                 st.add(now, h, status, size)
-                ip_feat = st.features(now, o.window, o.min_requests, o.min_span)
-                st.risk = ip_risk = ip_feat.risk(dict(o.ip_weights)) if ip_feat else None
+                if st.rescore(o.min_requests):
+                    ip_feat = st.features(now, o.window, o.min_requests, o.min_span)
+                    st.risk = ip_feat.risk(self._ip_weights) if ip_feat else None
+                ip_risk = st.risk
             if client.session:
                 ss = self.sessions.get_or_create(client.session, now, _Tracked)
                 ss.add(now, h, status, size)
-                sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
-                ss.risk = sess_risk = (sess_feat.risk(dict(o.session_weights))
-                                       if sess_feat else None)
+                if ss.rescore(o.min_requests):
+                    sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
+                    ss.risk = sess_feat.risk(self._session_weights) if sess_feat else None
+                sess_risk = ss.risk
             known = [r for r in (ip_risk, sess_risk) if r is not None]
             final = sum(known) / len(known) if known else None
             targets: list[str] = []

@@ -34,9 +34,8 @@ class WebMetrics:
             self.blocked[reason] += 1
 
     def scoring(self, seconds: float) -> None:
-        with self._lock:
-            self.scoring_seconds += seconds
-            self.scored += 1
+        self.scoring_seconds += seconds  # no lock: a lost update in a summary is harmless
+        self.scored += 1
 
     def render(self) -> str:
         """The metrics as Prometheus text exposition format 0.0.4."""
@@ -49,7 +48,7 @@ class WebMetrics:
         ]
         with self._lock:
             blocked = dict(self.blocked)
-            total, count = self.scoring_seconds, self.scored
+        total, count = self.scoring_seconds, self.scored
         for reason in sorted(blocked):
             lines.append(f'garrison_web_blocked_total{{reason="{reason}"}} {blocked[reason]}')
         lines += [

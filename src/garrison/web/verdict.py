@@ -10,8 +10,8 @@ renormalised. Hard overrides come last: a blocklisted address is capped at ``blo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Final, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 DEFAULT_TRUST_WEIGHTS: Final = {"bot": 0.4, "reputation": 0.3, "honeypot": 0.15, "rate": 0.15}
 HONEYPOT_FULL: Final = 3
@@ -34,8 +34,7 @@ class ReputationSource(Protocol):
     def honeypot_hits(self, ip: str) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The trust verdict of one request (0..1 each; None: not known) and what fed it."""
 
     trust: float
@@ -44,7 +43,7 @@ class Verdict:
     honeypot_hits: int = 0
     rate_trust: float | None = None
     blocklisted: bool = False
-    components: Mapping[str, float] = field(default_factory=dict)
+    components: Mapping[str, float] = MappingProxyType({})
 
 
 def fuse(*, bot_risk: float | None, reputation: float | None, honeypot_hits: int,
