@@ -128,3 +128,12 @@ def test_connection_state_is_bounded() -> None:
     for i in range(1000):
         det.observe(tcp_session(float(i), HOME, f"203.0.113.{i % 250}", 1024 + i, 443)[0])
     assert len(det._conns) <= 100
+
+
+def test_long_udp_stream_is_one_flow_not_a_beacon() -> None:
+    """A continuous UDP stream on one port pair (a VPN, QUIC) must not be chopped into
+    regular pieces that look periodic."""
+    det = BeaconDetector(HOME_NET)
+    packets = [udp(1000.0 + 0.5 * i, HOME, C2, 51820, 51820, b"x" * 100) for i in range(20_000)]
+    assert run(det, packets) == []
+    assert len(det._series) <= 1

@@ -18,7 +18,10 @@ regularity of time is what makes a beacon (a client repeating one request at ran
 perfect sizes but is not one). Not beacons: strobes (median interval under ``min_interval``,
 i.e. more than one connection a second) and connection attempts whose handshake never completed
 (failed retries look like a 1 s, 3 s beacon). Only TCP connections and UDP flows opened by the
-defended host count; DNS (port 53) is the tunnel detector's.
+defended host count; DNS (port 53) is the tunnel detector's. A connection ends with FIN/RST or
+after ``conn_idle`` seconds without packets (never at a fixed age: a long UDP stream cut every
+N seconds would look like a perfect beacon). Periodic polling of well-known services (NTP,
+update checks) is a beacon by this definition: allowlist those destinations.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ class BeaconDetector:
         min_interval: float = 1.0,
         window: float = 3600.0,
         max_samples: int = 128,
-        conn_timeout: float = 300.0,
+        conn_idle: float = 60.0,
         episode_timeout: float = 6 * 3600.0,
         max_conns: int = 65_536,
         max_series: int = 10_000,
@@ -152,7 +155,7 @@ class BeaconDetector:
         self.min_interval = min_interval
         self.window = window
         self.max_samples = max_samples
-        self.conn_timeout = conn_timeout
+        self.conn_idle = conn_idle
         self.episode_timeout = episode_timeout
         self.max_conns = max_conns
         self.max_series = max_series
@@ -174,6 +177,7 @@ class BeaconDetector:
         if conn is not None:
             conn.last = obs.ts
             conn.bytes += obs.payload_len
+            self._conns.move_to_end(fwd)
             if proto == TCP and obs.flags & (FIN | RST):
                 self._close(fwd, out)
             return out
@@ -182,6 +186,7 @@ class BeaconDetector:
         if conn is not None:
             conn.last = obs.ts
             conn.bytes += obs.payload_len
+            self._conns.move_to_end(rev)
             if proto == TCP:
                 if obs.flags & (SYN | ACK) == SYN | ACK:
                     conn.established = True
@@ -213,7 +218,7 @@ class BeaconDetector:
         conns = self._conns
         while conns:
             key, conn = next(iter(conns.items()))
-            if now - conn.start <= self.conn_timeout:
+            if now - conn.last <= self.conn_idle:
                 break
             self._close(key, out)
 
