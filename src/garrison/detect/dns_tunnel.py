@@ -176,7 +176,14 @@ T1071_004: Final = Technique("T1071.004", "Application Layer Protocol: DNS", "TA
 T1048_003: Final = Technique(
     "T1048.003", "Exfiltration Over Unencrypted Non-C2 Protocol", "TA0010", "Exfiltration"
 )
-DEFAULT_ALLOWLIST: Final = ("in-addr.arpa", "ip6.arpa")
+# Reverse lookups, and reputation services that mail and security software query with hashed
+# or reversed-address labels by design (a tunnel cannot use them: their servers are not the
+# attacker's).
+DEFAULT_ALLOWLIST: Final = (
+    "in-addr.arpa", "ip6.arpa", "spamhaus.org", "spamhaus.net", "surbl.org", "uribl.com",
+    "spamcop.net", "barracudacentral.org", "dnswl.org", "mailspike.net", "sophosxl.net",
+    "avqs.mcafee.com",
+)
 MAX_UNIQUE_TRACKED: Final = 4096  # names remembered per (client, domain); later ones count as new
 MAX_TYPES: Final = 8  # distinct record types counted per flow; the rest count as 'other'
 SAMPLE_SIZE: Final = 3
