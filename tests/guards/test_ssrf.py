@@ -272,3 +272,29 @@ def test_special_purpose_table_beyond_is_global() -> None:
 def test_ipv4_spellings(host: str, address: str | None) -> None:
     parsed = parse_ip_host(host)
     assert (str(parsed) if parsed else None) == address
+
+
+def test_ready_clients_bound_redirects_and_ignore_proxies(servers: Servers) -> None:
+    policy = ssrf.Policy.build(ports=[servers.port], trusted_networks=["127.0.0.1/32"],
+                               max_redirects=2)
+    guard = ssrf.Guard(policy, resolver=resolver, bus=EventBus())
+    loop3 = servers.redirect(servers.redirect(servers.redirect(f"{servers.legit}/ok")))
+    with ssrf.client(guard) as client:
+        assert client.get(servers.redirect(f"{servers.legit}/ok")).text == "ok"
+        with pytest.raises(httpx.TooManyRedirects):
+            client.get(loop3)
+    s = ssrf.session(guard)
+    assert s.get(servers.redirect(f"{servers.legit}/ok"), timeout=10).text == "ok"
+    with pytest.raises(requests.TooManyRedirects):
+        s.get(loop3, timeout=10)
+    assert servers.trap_hits == []
+
+
+def test_blocked_event_redacts_credentials() -> None:
+    bus = EventBus()
+    events: list[Event] = []
+    bus.on(SSRF_BLOCKED, events.append)
+    with pytest.raises(ssrf.Blocked):
+        ssrf.check_url("http://admin:hunter2@10.0.0.1/", bus=bus)
+    assert "hunter2" not in events[0].detail["url"]
+    assert events[0].detail["url"].startswith("http://***@10.0.0.1")

@@ -74,7 +74,8 @@ class Policy:
     host names (exact, or ``.example.com`` for a domain and its subdomains) that may be fetched.
     ``deny_hosts`` are names refused whatever they resolve to. ``trusted_networks`` are exempt
     from the address rules (an internal API the application is meant to call), never by default.
-    ``max_redirects`` bounds the hops a transport follows.
+    ``max_redirects`` bounds the hops followed by the clients built with
+    :func:`garrison.guards.ssrf_httpx.client` / :func:`garrison.guards.ssrf_requests.session`.
     """
 
     schemes: frozenset[str] = frozenset({"http", "https"})
@@ -287,11 +288,23 @@ class Guard:
                 ts=self._clock(),
                 severity=Severity.HIGH,
                 destination_ip=str(address) if address is not None else None,
-                detail={"url": exc.url[:512], "reason": exc.reason},
+                detail={"url": redact(exc.url)[:512], "reason": exc.reason},
                 techniques=(_T1190,),
                 message=f"outbound request refused: {exc.reason}",
             )
         )
+
+
+def redact(url: str) -> str:
+    """``url`` with any userinfo (``user:password@``) replaced by ``***@``, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{rest[end:]}"
 
 
 def _split_authority(authority: str, url: str) -> tuple[str, int | None]:
@@ -343,12 +356,12 @@ def check_url(
 
 def __getattr__(name: str) -> Any:
     # The transports need httpx / requests; import them only when asked for.
-    if name in ("HTTPTransport", "AsyncHTTPTransport"):
+    if name in ("HTTPTransport", "AsyncHTTPTransport", "client", "async_client"):
         from garrison.guards import ssrf_httpx
 
         return getattr(ssrf_httpx, name)
-    if name == "RequestsAdapter":
-        from garrison.guards.ssrf_requests import RequestsAdapter
+    if name in ("RequestsAdapter", "session"):
+        from garrison.guards import ssrf_requests
 
-        return RequestsAdapter
+        return getattr(ssrf_requests, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

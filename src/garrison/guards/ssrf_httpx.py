@@ -18,7 +18,7 @@ import httpx
 from garrison.bus import EventBus
 from garrison.guards.ssrf import Destination, Guard, Policy, Resolver
 
-__all__ = ["AsyncHTTPTransport", "HTTPTransport"]
+__all__ = ["AsyncHTTPTransport", "HTTPTransport", "async_client", "client"]
 
 
 def _pinned(request: httpx.Request, dest: Destination) -> httpx.Request:
@@ -84,3 +84,21 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def client(guard: Guard | None = None, **client_options: Any) -> httpx.Client:
+    """An :class:`httpx.Client` that follows redirects through the guard (at most the policy's
+    ``max_redirects`` hops), ignores proxy settings from the environment, and passes other
+    keyword arguments (``timeout``, ``headers``...) on."""
+    guard = guard if guard is not None else Guard()
+    options = {"follow_redirects": True, "max_redirects": guard.policy.max_redirects,
+               **client_options, "trust_env": False}
+    return httpx.Client(transport=HTTPTransport(guard), **options)
+
+
+def async_client(guard: Guard | None = None, **client_options: Any) -> httpx.AsyncClient:
+    """The asynchronous twin of :func:`client`."""
+    guard = guard if guard is not None else Guard()
+    options = {"follow_redirects": True, "max_redirects": guard.policy.max_redirects,
+               **client_options, "trust_env": False}
+    return httpx.AsyncClient(transport=AsyncHTTPTransport(guard), **options)

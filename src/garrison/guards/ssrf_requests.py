@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import urllib3
-from requests import PreparedRequest, Response
+from requests import PreparedRequest, Response, Session
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -24,7 +24,7 @@ from urllib3.util.connection import create_connection
 from garrison.bus import EventBus
 from garrison.guards.ssrf import Guard, Policy, Resolver
 
-__all__ = ["RequestsAdapter"]
+__all__ = ["RequestsAdapter", "session"]
 
 
 def _pool_classes(guard: Guard) -> dict[str, type[HTTPConnectionPool]]:
@@ -92,3 +92,15 @@ class RequestsAdapter(HTTPAdapter):
         self.guard.check_syntax(request.url or "")
         return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
                             proxies=None)
+
+
+def session(guard: Guard | None = None) -> Session:
+    """A :class:`requests.Session` with the guarded adapter on ``http://`` and ``https://``,
+    at most the policy's ``max_redirects`` hops, and no proxies from the environment."""
+    adapter = RequestsAdapter(guard)
+    s = Session()
+    s.trust_env = False
+    s.max_redirects = adapter.guard.policy.max_redirects
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
