@@ -32,6 +32,7 @@ SCANS = [
     ("udp", ["-sU", "--max-retries", "1"], "203.0.113.57"),
     ("syn", ["-6", "-sS"], "2001:db8:2::57"),
 ]
+SLOW_SOURCE = "203.0.113.59"
 LISTENER = """
 import socket, sys, time
 socks = []
@@ -101,6 +102,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, L
     require_root_tools("nmap")
     tmp = tmp_path_factory.mktemp("live")
     extra4 = [ip for _, _, ip in SCANS if ":" not in ip and ip != "203.0.113.50"]
+    extra4.append(SLOW_SOURCE)
     extra6 = [ip for _, _, ip in SCANS if ":" in ip]
     with topology("gl", extra4, extra6) as topo:
         listener = topo.popen(topo.defended, [sys.executable, "-c", LISTENER],
@@ -136,6 +138,22 @@ def test_nmap_scan_is_detected_live(
     assert g["type"] == scan_type  # type: ignore[index]
     assert g["ip"] == source  # type: ignore[index]
     assert g["verified"] is (scan_type == "connect")  # type: ignore[index]
+
+
+@pytest.mark.root
+def test_slow_scan_is_caught_by_the_random_walk(live: tuple[Topology, LiveDaemon]) -> None:
+    # Five probes six seconds apart: far below "15 ports in 10 s" or "25 in 5 min", yet the
+    # failed first contacts add up (nmap -T1 waits 15 s, -T0 five minutes; same mechanism).
+    topo, daemon = live
+    r = topo.run(topo.outside, ["nmap", "-sS", "-S", SLOW_SOURCE, "-e", topo.outside_if, "-Pn",
+                                "-n", "--scan-delay", "6s", "--max-retries", "0", "-p",
+                                "1000-1004", DEFENDED_V4], check=False, timeout=120)
+    assert r.returncode == 0, r.stderr
+    daemon.wait_for(lambda: daemon.scans_from(SLOW_SOURCE), 15, "slow scan event")
+    g = daemon.scans_from(SLOW_SOURCE)[-1]["garrison"]
+    assert g["slow"] is True  # type: ignore[index]
+    assert g["rule"] == "trw"  # type: ignore[index]
+    assert g["type"] == "syn"  # type: ignore[index]
 
 
 @pytest.mark.root
