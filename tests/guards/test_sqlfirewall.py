@@ -321,3 +321,13 @@ def test_bounded_state() -> None:
     assert len(fw._cache) == 2
     with pytest.raises(ValueError, match="mode"):
         fw.mode = "block"  # type: ignore[assignment]
+
+
+def test_executescript_checks_each_statement(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "script.db")
+    conn = sqlfirewall.protect(raw, mode="learn", bus=EventBus())
+    conn.executescript("CREATE TABLE a (x INTEGER); INSERT INTO a VALUES (1);")
+    with pytest.raises(sqlfirewall.QueryBlocked, match="always-true"):
+        conn.executescript("DELETE FROM a WHERE x = 2 OR 1=1;")
+    assert raw.execute("SELECT count(*) FROM a").fetchone()[0] == 1
+    raw.close()

@@ -40,7 +40,7 @@ DANGEROUS: Final = words(
     pg_read_binary_file pg_ls_dir pg_stat_file lo_import lo_export xp_cmdshell xp_dirtree
     xp_fileexist xp_regread sp_oacreate openrowset opendatasource dbms_pipe.receive_message
     dbms_lock.sleep utl_http.request utl_inadr.get_host_address extractvalue updatexml
-    load_extension readfile writefile edit fts3_tokenizer
+    load_extension readfile writefile edit fts3_tokenizer dblink dblink_exec dblink_connect
     """
 )
 SYSTEM_CATALOGS: Final = words(

@@ -259,8 +259,15 @@ class ProtectedConnection:
         """sqlite3's script runner: each statement is checked on its own (a script is meant to
         hold several)."""
         import sqlglot
+        from sqlglot.errors import SqlglotError
 
-        for statement in sqlglot.parse(script, read=self.firewall.dialect):
+        try:
+            statements = sqlglot.parse(script, read=self.firewall.dialect)
+        except SqlglotError:
+            statements = []
+        if not statements:
+            self.firewall.check(script)  # unparseable: judged as one text (lexical checks)
+        for statement in statements:
             if statement is not None:
                 self.firewall.check(statement.sql(dialect=self.firewall.dialect))
         return self._connection.executescript(script)
