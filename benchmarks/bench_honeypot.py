@@ -9,7 +9,8 @@ All traffic stays on loopback (127.0.0.1).
    (event budget off). Baseline: a bare asyncio server that sends the same greeting and closes
    (no caps, no capture, no event).
 2. Memory per open session: RSS growth of the server process while N visitors sit silent in
-   an SSH session, against the bare asyncio server holding the same N connections.
+   an SSH session (asyncssh-backed, and banner-only), against the bare asyncio server holding
+   the same N connections.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ async def serve(mode: str, port: int, service: str) -> None:
         comp = HoneypotComponent(
             HoneypotConfig(services={port: service}, bind=["127.0.0.1"], max_sessions=HELD * 2,
                            max_sessions_per_source=HELD * 2, idle_timeout=300,
-                           session_timeout=600, events_per_source=10**9),
+                           session_timeout=600, events_per_source=10**9,
+                           ssh_auth=mode != "decoy-noauth"),
             emit=emit,
         )
         await comp.open()
@@ -134,8 +136,9 @@ def start(mode: str, service: str) -> tuple[subprocess.Popen[str], int]:
 def measure_rates(service: str) -> dict[str, float]:
     """Best conn/s of the baseline and the decoy, runs interleaved so that load from elsewhere
     on the machine hits both alike."""
-    procs = {mode: start(mode, service) for mode in ("baseline", "decoy")}
-    best = {"baseline": 0.0, "decoy": 0.0}
+    modes = ("baseline", "decoy", "decoy-noauth") if service == "ssh" else ("baseline", "decoy")
+    procs = {mode: start(mode, service) for mode in modes}
+    best = dict.fromkeys(modes, 0.0)
     try:
         for _, port in procs.values():
             asyncio.run(rate(port, service))  # warm-up
@@ -184,7 +187,7 @@ def main() -> None:
     if soft < HELD * 3:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(HELD * 4, hard), hard))
     rates = {service: measure_rates(service) for service in ("ssh", "redis")}
-    memory = {mode: measure_memory(mode) for mode in ("baseline", "decoy")}
+    memory = {mode: measure_memory(mode) for mode in ("baseline", "decoy", "decoy-noauth")}
     lines = [
         "# Honeypot benchmark",
         "",
@@ -207,8 +210,12 @@ def main() -> None:
     ]
     for service in ("ssh", "redis"):
         b, d = rates[service]["baseline"], rates[service]["decoy"]
-        lines.append(f"| {service} | {b:,.0f} | {d:,.0f} | {d / b:.2f} |")
-    b, d = memory["baseline"], memory["decoy"]
+        label = f"{service} (asyncssh)" if service == "ssh" else service
+        lines.append(f"| {label} | {b:,.0f} | {d:,.0f} | {d / b:.2f} |")
+        if "decoy-noauth" in rates[service]:
+            n = rates[service]["decoy-noauth"]
+            lines.append(f"| {service} (banner only) | {b:,.0f} | {n:,.0f} | {n / b:.2f} |")
+    b, d, n = memory["baseline"], memory["decoy"], memory["decoy-noauth"]
     lines += [
         "",
         "## Memory per open session",
@@ -220,8 +227,10 @@ def main() -> None:
         "|---|---:|---:|---:|",
         f"| baseline asyncio | {b['rss_before_kib']:,} | {b['rss_after_kib']:,} "
         f"| {b['kib_per_session']:.1f} |",
-        f"| decoy | {d['rss_before_kib']:,} | {d['rss_after_kib']:,} "
+        f"| decoy (asyncssh) | {d['rss_before_kib']:,} | {d['rss_after_kib']:,} "
         f"| {d['kib_per_session']:.1f} |",
+        f"| decoy (banner only, `ssh_auth = false`) | {n['rss_before_kib']:,} "
+        f"| {n['rss_after_kib']:,} | {n['kib_per_session']:.1f} |",
         "",
         f"Decoy / baseline memory per session: "
         f"{d['kib_per_session'] / max(b['kib_per_session'], 0.1):.2f}. With the default caps"
