@@ -157,3 +157,38 @@ def postgres_dsn() -> Iterator[str]:
             capture_output=True, env=env, timeout=60,
         )
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class TLSServer:
+    """An HTTPS server on 127.0.0.1 whose certificate names only ``legit.test``."""
+
+    port: int
+    cafile: str
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
+    import ssl
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=legit.test",
+         "-addext", "subjectAltName=DNS:legit.test"],
+        check=True, capture_output=True, timeout=60,
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler([], True))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield TLSServer(server.server_address[1], str(cert))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -298,3 +299,25 @@ def test_blocked_event_redacts_credentials() -> None:
         ssrf.check_url("http://admin:hunter2@10.0.0.1/", bus=bus)
     assert "hunter2" not in events[0].detail["url"]
     assert events[0].detail["url"].startswith("http://***@10.0.0.1")
+
+
+def test_tls_is_verified_against_the_name_while_connecting_to_the_pinned_address(
+    tls_server: Any,
+) -> None:
+    """Pinning the address must not weaken TLS: the certificate (for legit.test only) is
+    checked against the name in the URL, and a name it does not cover fails."""
+    import ssl
+
+    policy = ssrf.Policy.build(ports=[tls_server.port], trusted_networks=["127.0.0.1/32"])
+    answers = {"legit.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}
+    guard = ssrf.Guard(policy, resolver=lambda h, p: answers[h], bus=EventBus())
+    ctx = ssl.create_default_context(cafile=tls_server.cafile)
+    with ssrf.client(guard, verify=ctx) as client:
+        assert client.get(f"https://legit.test:{tls_server.port}/ok").text == "ok"
+        with pytest.raises(httpx.ConnectError, match=r"certificate|hostname"):
+            client.get(f"https://other.test:{tls_server.port}/ok")
+    s = ssrf.session(guard)
+    assert s.get(f"https://legit.test:{tls_server.port}/ok", verify=tls_server.cafile,
+                 timeout=10).text == "ok"
+    with pytest.raises(requests.exceptions.SSLError):
+        s.get(f"https://other.test:{tls_server.port}/ok", verify=tls_server.cafile, timeout=10)

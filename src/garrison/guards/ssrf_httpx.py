@@ -86,14 +86,20 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+# Options that belong to the transport, not the client, when a transport is given.
+_TRANSPORT_OPTIONS = ("verify", "cert", "http1", "http2", "limits")
+
+
 def client(guard: Guard | None = None, **client_options: Any) -> httpx.Client:
     """An :class:`httpx.Client` that follows redirects through the guard (at most the policy's
     ``max_redirects`` hops), ignores proxy settings from the environment, and passes other
-    keyword arguments (``timeout``, ``headers``...) on."""
+    keyword arguments on (``verify``/``cert``/``http2``/``limits`` to the transport, the rest,
+    such as ``timeout`` and ``headers``, to the client)."""
     guard = guard if guard is not None else Guard()
     options = {"follow_redirects": True, "max_redirects": guard.policy.max_redirects,
                **client_options, "trust_env": False}
-    return httpx.Client(transport=HTTPTransport(guard), **options)
+    transport_options = {k: options.pop(k) for k in _TRANSPORT_OPTIONS if k in options}
+    return httpx.Client(transport=HTTPTransport(guard, **transport_options), **options)
 
 
 def async_client(guard: Guard | None = None, **client_options: Any) -> httpx.AsyncClient:
@@ -101,4 +107,5 @@ def async_client(guard: Guard | None = None, **client_options: Any) -> httpx.Asy
     guard = guard if guard is not None else Guard()
     options = {"follow_redirects": True, "max_redirects": guard.policy.max_redirects,
                **client_options, "trust_env": False}
-    return httpx.AsyncClient(transport=AsyncHTTPTransport(guard), **options)
+    transport_options = {k: options.pop(k) for k in _TRANSPORT_OPTIONS if k in options}
+    return httpx.AsyncClient(transport=AsyncHTTPTransport(guard, **transport_options), **options)
