@@ -273,7 +273,10 @@ class HoneypotComponent:
             self._limiter.release(key, evicted=live.evicted)
             if live.evicted:
                 closed = "evicted"
-            writer.transport.abort() if closed in ("timeout", "reset") else writer.close()
+            if closed in ("timeout", "reset", "evicted"):
+                writer.transport.abort()
+            else:
+                writer.close()
             self._report(
                 Visit(ip, peer_port, local_ip, local_port, ts, time.monotonic() - started,
                       closed, self._session_id()),

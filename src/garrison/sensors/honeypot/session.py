@@ -54,7 +54,6 @@ class Session:
         self.local_port = local_port
         self._max_capture = max_capture
         self._max_input = max_input
-        self._idle = idle_timeout
         self.idle_timeout = idle_timeout
         self._buf = bytearray()
         self.sample = bytearray()
@@ -72,7 +71,7 @@ class Session:
         self._writer.write(data)
         self.bytes_out += len(data)
         try:
-            await asyncio.wait_for(self._writer.drain(), self._idle)
+            await asyncio.wait_for(self._writer.drain(), self.idle_timeout)
         except TimeoutError:
             raise SessionEnd("idle") from None
         except ConnectionError:
@@ -84,7 +83,7 @@ class Session:
             raise SessionEnd("input-limit")
         try:
             chunk = await asyncio.wait_for(
-                self._reader.read(min(_CHUNK, self._max_input - self.bytes_in)), self._idle
+                self._reader.read(min(_CHUNK, self._max_input - self.bytes_in)), self.idle_timeout
             )
         except TimeoutError:
             raise SessionEnd("idle") from None
