@@ -10,7 +10,6 @@ checks). Proxies are ignored: a proxy would make the connection elsewhere than v
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
 from typing import Any
 
 import urllib3
@@ -80,18 +79,12 @@ class RequestsAdapter(HTTPAdapter):
         manager: urllib3.PoolManager = self.poolmanager
         manager.pool_classes_by_scheme = _pool_classes(self.guard)
 
-    def send(
-        self,
-        request: PreparedRequest,
-        stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
-        verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> Response:
+    def send(self, request: PreparedRequest, *args: Any, **kwargs: Any) -> Response:
+        """Check the URL (each redirect hop comes through here), then send without proxies."""
         self.guard.check_syntax(request.url or "")
-        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert,
-                            proxies=None)
+        args = args[:4]  # (stream, timeout, verify, cert); a positional proxies is dropped
+        kwargs["proxies"] = None
+        return super().send(request, *args, **kwargs)
 
 
 def session(guard: Guard | None = None) -> Session:
