@@ -179,3 +179,30 @@ def test_redis_down_fails_open_and_recovers(redis_server: RedisServer) -> None:
     r = s.check(CheckRequest(now=T0 + 2, identities=("ip:later",)))
     assert not r.allowed and r.reason == BOT
     s.close()
+
+
+async def test_async_pipeline_is_exact_and_fails_open(redis_server: RedisServer) -> None:
+    """The ASGI path: concurrent checks share pipelined writes yet stay exact; a dead Redis
+    means every waiting check passes, and the next ones reconnect by themselves."""
+    import asyncio
+
+    from garrison.store.redis import CircuitBreaker, RedisStore
+
+    s = RedisStore(redis_server.url, POLICY, timeout=0.5,
+                   breaker=CircuitBreaker(failures=2, cooldown=0.2))
+    assert s._pipe is not None  # the hiredis pipeline is in use
+    results = await asyncio.gather(*(s.acheck(CheckRequest(now=T0, identities=("ip:a",)))
+                                     for _ in range(100)))
+    assert sum(r.allowed for r in results) == 10 and not any(r.degraded for r in results)
+    redis_server.stop()
+    down = await asyncio.gather(*(s.acheck(CheckRequest(now=T0, identities=("ip:a",)))
+                                  for _ in range(20)))
+    assert all(r.allowed and r.degraded for r in down)
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while (await s.acheck(CheckRequest(now=T0, identities=("ip:b",)))).degraded:
+        assert time.monotonic() < deadline, "async store never recovered"
+        await asyncio.sleep(0.05)
+    r = await s.acheck(CheckRequest(now=T0, identities=("ip:b",)))
+    assert r.allowed and not r.degraded
+    await s.aclose()
