@@ -322,3 +322,31 @@ def test_small_stealth_scan_is_low_severity_and_unverified() -> None:
     ev = next(iter(episodes(run(detector(), pkts)).values()))
     assert ev.severity == Severity.LOW
     assert ev.detail["verified"] is False
+
+
+def test_spoofed_syn_scan_naming_a_real_client_stays_unverified() -> None:
+    # The bystander really browses port 80 (handshake, data, graceful close); an attacker
+    # spoofs a SYN scan in its name. The handshake proves the address is real, not that it
+    # scanned: the episode must stay a forgeable "syn" scan.
+    bystander = "203.0.113.99"
+    pkts = [tcp(999.0, bystander, HOME, 50000, 80, SYN),
+            tcp(999.001, HOME, bystander, 80, 50000, SYN | ACK),
+            tcp(999.002, bystander, HOME, 50000, 80, ACK),
+            tcp(999.2, bystander, HOME, 50000, 80, ACK, payload=300),
+            tcp(1004.0, bystander, HOME, 50000, 80, FIN | ACK)]
+    for i in range(60):
+        port, ts = 1000 + i, 1000 + i * 0.01
+        pkts += probe_closed(ts, port, SYN, src=bystander)
+    pkts.append(tcp(1002.9, bystander, HOME, 40000, 22, SYN))  # spoofed probe of an open port
+    pkts.append(tcp(1003.0, HOME, bystander, 22, 40000, SYN | ACK))
+    pkts.append(tcp(1003.001, bystander, HOME, 40000, 22, RST))  # the real host knows nothing
+    ev = next(iter(episodes(run(detector(), sorted(pkts))).values()))
+    assert ev.detail["type"] == "syn"
+    assert ev.detail["verified"] is False
+    assert ev.detail["handshakes"] == {"completed": 1, "aborted": 0}
+
+
+def test_connect_scan_against_closed_ports_only_is_not_verified() -> None:
+    # Nothing open: no handshake can complete, so nothing proves the source is real.
+    ev = next(iter(episodes(run(detector(), syn_scan(50))).values()))
+    assert ev.detail["verified"] is False

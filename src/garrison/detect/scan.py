@@ -49,8 +49,10 @@ SLOW_INTERVAL: Final = 5.0  # mean seconds between probes at or above which a sc
 THETA_BENIGN: Final = 0.8  # P(first contact succeeds | benign), Jung et al.
 THETA_SCANNER: Final = 0.2  # P(first contact succeeds | scanner)
 
+ABORT_WINDOW: Final = 2.0  # seconds: a connect scan tears a completed handshake down at once
+
 # Contact states.
-PENDING, SUCCESS, FAILED, NEUTRAL, CANDIDATE, COMPLETED = range(6)
+PENDING, SUCCESS, FAILED, NEUTRAL, CANDIDATE, COMPLETED, ABORTED = range(7)
 
 # TCP flags.
 _FIN, _SYN, _RST, _PSH, _ACK, _URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -117,7 +119,8 @@ class _Source:
     sweep: dict[int, set[str]] = field(default_factory=dict)
     successes: int = 0
     failures: int = 0
-    completed: int = 0
+    completed: int = 0  # handshakes the source completed
+    aborted: int = 0  # ... and tore down with a RST at once (connect-scan style)
     llr: float = 0.0
     episode: _Episode | None = None
 
@@ -174,8 +177,11 @@ class ScanDetector:
             if flags & (_SYN | _ACK | _RST) == _SYN:
                 self._probe(p, "syn", True, out)
                 return
-            if flags & (_SYN | _RST):
-                return  # SYN+ACK or RST: answers, not probes
+            if flags & _RST:
+                self._teardown(p, out)
+                return
+            if flags & _SYN:
+                return  # SYN+ACK: an answer, not a probe
             if flags & _ACK:
                 if (p.src, p.sport, p.dst, p.dport) in self.flows:
                     return  # a home-initiated connection
@@ -185,8 +191,8 @@ class ScanDetector:
                     if c is not None:
                         if c.state == SUCCESS and not flags & _FIN:
                             c.state = COMPLETED
+                            c.ts = p.ts
                             st.completed += 1
-                            self._maybe_update(st, p.ts, out)
                         return
                 if flags == _ACK and p.payload_len == 0:
                     self._probe(p, "ack", False, out)
@@ -198,6 +204,18 @@ class ScanDetector:
             if (p.src, p.sport, p.dst, p.dport) in self.flows:
                 return  # the answer to a home-initiated exchange
             self._probe(p, "udp", True, out)
+
+    def _teardown(self, p: Packet, out: list[Event]) -> None:
+        """A RST from a source. Right after it completed a handshake, with nothing in between,
+        it is how a connect() scanner closes: evidence a spoofed address cannot produce."""
+        st = self.sources.get(p.src)
+        if st is None:
+            return
+        c = st.contacts.get((p.dst, p.dport, TCP))
+        if c is not None and c.state == COMPLETED and p.ts - c.ts <= ABORT_WINDOW:
+            c.state = ABORTED
+            st.aborted += 1
+            self._maybe_update(st, p.ts, out)
 
     def _outbound(self, p: Packet, out: list[Event]) -> None:
         proto = p.proto
@@ -367,7 +385,7 @@ class ScanDetector:
         sev = severity_for(self._port_count(st), cfg.ports_per_window)
         st.episode = _Episode(
             f"scan-{self._episodes}-{st.ip}-{st.first_probe:.0f}", rule, sev,
-            self._port_count(st), st.first_probe, st.completed > 0,
+            self._port_count(st), st.first_probe, self.verified(st),
         )
         out.append(self._event(st, ts))
 
@@ -376,24 +394,32 @@ class ScanDetector:
         if ep is None:
             return
         sev = severity_for(self._port_count(st), self.cfg.ports_per_window)
-        newly_verified = st.completed > 0 and not ep.verified
-        if sev > ep.reported or newly_verified:
+        verified = self.verified(st)
+        if sev > ep.reported or (verified and not ep.verified):
             # Report growth, and the moment the source proves it is not spoofed.
             ep.reported = max(sev, ep.reported)
             ep.reported_count = self._port_count(st)
-            ep.verified = st.completed > 0
+            ep.verified = verified
             out.append(self._event(st, ts))
 
     @staticmethod
     def _port_count(st: _Source) -> int:
         return len(st.contacts) + st.overflow if st.overflow else st.probes
 
+    @staticmethod
+    def verified(st: _Source) -> bool:
+        """Whether the source's own probes prove it is not spoofed: most of the open ports it
+        probed were connected to and torn down at once (a connect scan). An ordinary
+        connection the address also made (a bystander framed by spoofed SYNs) does not count."""
+        return st.aborted > 0 and st.aborted * 2 >= st.successes
+
     def scan_type(self, st: _Source) -> str:
-        """The episode's scan type: the dominant probe kind, ``connect`` for completed SYNs."""
+        """The episode's scan type: the dominant probe kind; SYN probes whose handshakes the
+        source completed and aborted make a ``connect`` scan."""
         if not st.kinds:
             return "unknown"
         kind = max(st.kinds.items(), key=lambda kv: kv[1])[0]
-        if kind == "syn" and st.completed and st.completed * 2 >= max(st.successes, 1):
+        if kind == "syn" and self.verified(st):
             return "connect"
         return kind
 
@@ -421,7 +447,8 @@ class ScanDetector:
             "slow": slow,
             "sweep": sweep,
             "distributed": False,
-            "verified": st.completed > 0,
+            "verified": self.verified(st),
+            "handshakes": {"completed": st.completed, "aborted": st.aborted},
             "rule": ep.rule,
             "kinds": dict(st.kinds),
             "answered": {"open": st.successes, "closed_or_silent": st.failures},
