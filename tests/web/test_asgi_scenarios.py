@@ -120,6 +120,19 @@ def test_mobile_user_moving_within_its_prefix_is_tolerated(site: Callable[..., S
     assert IMPOSSIBLE_TRAVEL not in s.names()
 
 
+def test_user_switching_networks_after_a_pause_keeps_the_session(
+        site: Callable[..., Site]) -> None:
+    s = site()
+    for ip in ("198.51.100.7", "203.0.113.7"):  # home Wi-Fi, then the phone, minutes later
+        for i in range(3):
+            s.clock.advance(8)
+            r = s.http.get(s.base + f"/page/{i}",
+                           headers={"x-forwarded-for": ip, "cookie": "session=laptop"})
+            assert r.status_code == 200
+        s.clock.advance(120)
+    assert IMPOSSIBLE_TRAVEL not in s.names()
+
+
 def test_humans_and_pollers_are_never_blocked_while_bots_are(site: Callable[..., Site]) -> None:
     """One server, everyone interleaved in time: bots go, people and dashboards stay."""
     s = site()

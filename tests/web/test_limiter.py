@@ -206,3 +206,13 @@ async def test_async_pipeline_is_exact_and_fails_open(redis_server: RedisServer)
     r = await s.acheck(CheckRequest(now=T0, identities=("ip:b",)))
     assert r.allowed and not r.degraded
     await s.aclose()
+
+
+def test_session_moving_after_a_quiet_window_is_not_travel(store: LimitStore) -> None:
+    wifi = Binding("s:m", "198.51.100.0/24", window=60.0)
+    phone = Binding("s:m", "203.0.113.0/24", window=60.0)
+    assert ask(store, T0, "s:m", binding=wifi)[0]
+    assert ask(store, T0 + 300, "s:m", binding=phone)[0]  # five quiet minutes: it moved
+    assert ask(store, T0 + 301, "s:m", binding=phone)[0]
+    allowed, reason, _, _ = ask(store, T0 + 302, "s:m", binding=wifi)  # and back in 1 s: no
+    assert not allowed and reason == TRAVEL

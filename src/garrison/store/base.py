@@ -79,13 +79,20 @@ class LimitPolicy:
 
 
 class Binding(NamedTuple):
-    """Where a session was first seen: its travel group (an address or prefix) and UA hash."""
+    """Where a session is: its travel group (an address or prefix) and user-agent hash.
+
+    The same session from another group within ``window`` seconds of its last request is
+    impossible travel (the session is banned for ``ban`` seconds); after a quiet ``window`` it
+    simply moves (a laptop going from home Wi-Fi to a phone tether). ``ttl``: seconds a
+    binding lives without requests.
+    """
 
     session: str
     group: str
     agent: str = ""
     ttl: float = 86400.0
     ban: float = 600.0
+    window: float = 60.0
 
 
 class PendingBan(NamedTuple):

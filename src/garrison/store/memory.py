@@ -62,7 +62,7 @@ class MemoryStore(LimitStore):
         self.max_sessions = max_sessions
         self._lock = threading.Lock()
         self._ids: OrderedDict[str, _State] = OrderedDict()
-        self._bindings: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self._bindings: OrderedDict[str, tuple[str, str, float, float]] = OrderedDict()
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -116,12 +116,14 @@ class MemoryStore(LimitStore):
             if st.ban_until > now:
                 return CheckResult(False, st.reason or BAN, st.ban_until - now, st.trust, None,
                                    ident, ban_until=ban_until)
-        # 2. session binding
+        # 2. session binding: (group, agent, expires, last seen)
         b = req.binding
         if b is not None:
             bound = self._bindings.get(b.session)
-            if bound is None or bound[2] <= now:
-                self._bindings[b.session] = (b.group, b.agent, now + b.ttl)
+            if bound is None or bound[2] <= now or (
+                    (bound[0] != b.group or bound[1] != b.agent) and now - bound[3] > b.window):
+                self._bindings[b.session] = (b.group, b.agent, now + b.ttl, now)
+                self._bindings.move_to_end(b.session)
                 if len(self._bindings) > self.max_sessions:
                     self._bindings.popitem(last=False)
             elif bound[0] != b.group or bound[1] != b.agent:
@@ -133,7 +135,7 @@ class MemoryStore(LimitStore):
                 return CheckResult(False, TRAVEL, b.ban, st.trust, EV_TRAVEL, b.session,
                                    bound[0], ban_until=ban_until)
             else:
-                self._bindings[b.session] = (bound[0], bound[1], now + b.ttl)
+                self._bindings[b.session] = (bound[0], bound[1], now + b.ttl, now)
                 self._bindings.move_to_end(b.session)
         # 3. GCRA on every identity; all or nothing
         tau = p.burst / p.rate  # burst in requests scales with trust, like the rate

@@ -41,7 +41,8 @@ CHECK_SCRIPT: Final = """
 --       and the session's identity hash.
 -- ARGV: now, rate, burst, initial_trust, trust_gain, trust_loss, strikes, strike_window,
 --       backoff, offences_to_ban, ban, max_ban, offence_memory, idle_ttl, cost,
---       nb, ni, has_binding, [group, agent, bind_ttl, bind_ban], then nb x (duration, reason)
+--       nb, ni, has_binding, [group, agent, bind_ttl, bind_ban, bind_window],
+--       then nb x (duration, reason)
 local now = tonumber(ARGV[1])
 local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local init_trust, gain, loss = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -51,11 +52,11 @@ local max_ban, offence_memory, idle_ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
 local cost = tonumber(ARGV[15])
 local nb, ni, has_binding = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local argi = 19
-local group, agent, bind_ttl, bind_ban
+local group, agent, bind_ttl, bind_ban, bind_window
 if has_binding == 1 then
   group, agent = ARGV[19], ARGV[20]
-  bind_ttl, bind_ban = tonumber(ARGV[21]), tonumber(ARGV[22])
-  argi = 23
+  bind_ttl, bind_ban, bind_window = tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23])
+  argi = 24
 end
 
 local function f(x) return string.format('%.17g', x) end
@@ -115,25 +116,26 @@ for i = 1, ni do
   end
 end
 
--- 2. session binding
+-- 2. session binding: "group|agent|last seen"
 if has_binding == 1 then
   local bkey = KEYS[nb + ni + 1]
   local here = group .. '|' .. agent
   local bound = redis.call('GET', bkey)
-  if not bound then
-    redis.call('SET', bkey, here, 'PX', math.ceil(bind_ttl * 1000))
-  elseif bound ~= here then
+  local bgroup, bagent, blast = nil, nil, 0
+  if bound then
+    bgroup, bagent, blast = string.match(bound, '^(.-)|(.-)|(.*)$')
+    blast = tonumber(blast) or 0
+  end
+  local moved = bound and (bgroup .. '|' .. bagent) ~= here
+  if moved and now - blast <= bind_window then
     local st = load(KEYS[nb + ni + 2])
     st.o = st.o + 1
     if now + bind_ban > st.b then st.b = now + bind_ban end
     st.r = 'impossible-travel'
     save(st)
-    local sep = string.find(bound, '|', 1, true)
-    return answer(0, 'impossible-travel', bind_ban, st.tr, 'impossible-travel', st.key,
-                  string.sub(bound, 1, sep - 1))
-  else
-    redis.call('PEXPIRE', bkey, math.ceil(bind_ttl * 1000))
+    return answer(0, 'impossible-travel', bind_ban, st.tr, 'impossible-travel', st.key, bgroup)
   end
+  redis.call('SET', bkey, here .. '|' .. f(now), 'PX', math.ceil(bind_ttl * 1000))
 end
 
 -- 3. GCRA on every identity; all or nothing
@@ -474,7 +476,8 @@ class RedisStore(LimitStore):
             argv.append("0")
         else:
             keys += [f"{self.ns}:bind:{b.session}", self._key(b.session)]
-            argv += ["1", b.group, b.agent, repr(float(b.ttl)), repr(float(b.ban))]
+            argv += ["1", b.group, b.agent, repr(float(b.ttl)), repr(float(b.ban)),
+                     repr(float(b.window))]
         for ban in bans:
             argv += [repr(float(ban.duration)), ban.reason]
         return keys, argv

@@ -270,7 +270,7 @@ class WebEngine:
         binding = None
         if client.session and client.travel:
             binding = Binding(client.session, client.travel, client.agent,
-                              ban=self.options.travel_ban)
+                              ban=self.options.travel_ban, window=self.options.travel_window)
         return CheckRequest(now=now, identities=client.identities, binding=binding, bans=bans)
 
     def decide(self, client: Client, result: CheckResult, now: float) -> Decision:

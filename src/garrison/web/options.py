@@ -31,6 +31,7 @@ class WebOptions:
     ``forwarded_header``, ``ipv4_prefix`` / ``ipv6_prefix`` (grouping), ``session_cookie`` /
     ``session_header``, ``api_key_header``. Hijack: ``travel_tolerance`` ("prefix": same
     ``travel_ipv4_prefix`` / ``travel_ipv6_prefix``, "exact", "off"), ``bind_user_agent``,
+    ``travel_window`` (a move after this many quiet seconds is a move, not travel),
     ``travel_ban``. Verdict: ``reputation``, ``trust_weights``, ``min_trust``. Behaviour:
     ``dry_run``, ``allowlist``, ``exempt_paths``, ``on_block``, ``bus``, ``clock``,
     ``metrics_path``. SQL: ``sql_firewall``, ``sql_paranoia``, ``sql_exempt_paths``,
@@ -69,6 +70,7 @@ class WebOptions:
     travel_ipv6_prefix: int = 64
     bind_user_agent: bool = False
     travel_ban: float = 600.0
+    travel_window: float = 60.0
     trust_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_TRUST_WEIGHTS)
     )
@@ -101,7 +103,8 @@ class WebOptions:
             raise ValueError(f"sql_paranoia must be 1..4, got {self.sql_paranoia!r}")
         if self.min_requests < 3:
             raise ValueError(f"min_requests must be >= 3, got {self.min_requests!r}")
-        for name in ("min_span", "window", "bot_ban", "travel_ban", "store_timeout"):
+        for name in ("min_span", "window", "bot_ban", "travel_ban", "travel_window",
+                     "store_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.max_ips < 16 or self.max_sessions < 16 or self.max_body < 0:
