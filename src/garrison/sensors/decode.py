@@ -219,39 +219,27 @@ def decoder_for(linktype: int, stats: DecodeStats | None = None, ifindex: int = 
             st.packets += 1
         return pkt
 
-    def sll(ts: float, frame: bytes) -> Packet | None:
-        st.frames += 1
-        if len(frame) < 16:
-            drop("truncated-sll")
-            return None
-        pkt = by_ethertype(ts, frame, _u16(frame, 14)[0], 16)
-        if pkt is not None:
-            st.packets += 1
-        return pkt
+    def counted(header: int, ethertype_at: int | None, name: str) -> Decoder:
+        """A decoder for a link layer of ``header`` bytes whose ethertype sits at offset
+        ``ethertype_at`` (None: the IP version nibble tells IPv4 from IPv6)."""
 
-    def sll2(ts: float, frame: bytes) -> Packet | None:
-        st.frames += 1
-        if len(frame) < 20:
-            drop("truncated-sll2")
-            return None
-        pkt = by_ethertype(ts, frame, _u16(frame, 0)[0], 20)
-        if pkt is not None:
-            st.packets += 1
-        return pkt
+        def decode(ts: float, frame: bytes) -> Packet | None:
+            st.frames += 1
+            if len(frame) < header:
+                drop(f"truncated-{name}")
+                return None
+            if ethertype_at is None:
+                pkt = by_version(ts, frame, header)
+            else:
+                pkt = by_ethertype(ts, frame, _u16(frame, ethertype_at)[0], header)
+            if pkt is not None:
+                st.packets += 1
+            return pkt
 
-    def raw(ts: float, frame: bytes) -> Packet | None:
-        st.frames += 1
-        pkt = by_version(ts, frame, 0)
-        if pkt is not None:
-            st.packets += 1
-        return pkt
+        return decode
 
-    def null(ts: float, frame: bytes) -> Packet | None:
-        st.frames += 1
-        pkt = by_version(ts, frame, 4)
-        if pkt is not None:
-            st.packets += 1
-        return pkt
+    sll, sll2 = counted(16, 14, "sll"), counted(20, 0, "sll2")
+    raw, null = counted(0, None, "raw"), counted(4, None, "null")
 
     table: dict[int, Decoder] = {
         LINKTYPE_ETHERNET: ethernet,
