@@ -14,6 +14,7 @@ import pytest
 
 from garrison.bus import EventBus
 from garrison.events import BOT_BLOCKED, IMPOSSIBLE_TRAVEL, RATE_LIMITED, Event
+from garrison.store.base import CheckRequest, CheckResult, LimitPolicy, LimitStore
 from tests.web import scenarios as sc
 from tests.web.conftest import FakeClock
 
@@ -282,3 +283,36 @@ def test_store_timeout_is_an_option_and_real_time_end_to_end(serve_asgi: Callabl
     with httpx.Client(timeout=10) as http:
         codes = [http.get(base + "/page/1").status_code for _ in range(40)]
     assert codes[:5] == [200] * 5 and 429 in codes
+
+
+class BrokenStore(LimitStore):
+    """A store that breaks its promise never to raise (fault injection)."""
+
+    policy = LimitPolicy()
+
+    def check(self, req: CheckRequest) -> CheckResult:
+        raise RuntimeError("store bug")
+
+    async def acheck(self, req: CheckRequest) -> CheckResult:
+        raise RuntimeError("store bug")
+
+
+class BrokenReputation(Reputation):
+    def is_blocklisted(self, ip: str) -> bool:
+        raise OSError("reputation database unreadable")
+
+
+def test_middleware_failures_fail_open(serve_asgi: Callable[[Any], str],
+                                       serve_wsgi: Callable[[Any], str]) -> None:
+    app = sc.starlette_app(bus=EventBus(), reputation=BrokenReputation(set()),
+                           metrics_path="/metrics")
+    base = serve_asgi(app)
+    with httpx.Client(timeout=10) as http:
+        assert http.get(base + "/api/status").status_code == 200  # reputation failing
+        sc.middleware_of(app).engine.store = BrokenStore()
+        assert http.get(base + "/page/1").status_code == 200  # store raising
+        assert "garrison_web_internal_errors_total 1" in http.get(base + "/metrics").text
+    flask = sc.flask_app(bus=EventBus())
+    flask.wsgi_app.engine.store = BrokenStore()
+    with httpx.Client(timeout=10) as http:
+        assert http.get(serve_wsgi(flask) + "/page/1").status_code == 200

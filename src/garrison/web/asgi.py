@@ -67,25 +67,30 @@ class GarrisonMiddleware:
         headers: dict[str, str] = {}
         content_type = None
         content_length = -1
-        for k, v in scope.get("headers") or ():
-            name = wanted.get(k)
-            if name is not None:
-                headers[name] = v.decode("latin-1")
-            elif k == b"content-type":
-                content_type = v.decode("latin-1")
-            elif k == b"content-length":
-                try:
-                    content_length = int(v)
-                except ValueError:
-                    content_length = -1
-        peer = scope.get("client")
-        client = eng.identify(peer[0] if peer else None, headers)
-        now = eng.clock()
-        pre = eng.precheck(client, now)
-        if isinstance(pre, CheckRequest):
-            decision = eng.decide(client, await eng.store.acheck(pre), now)
-        else:
-            decision = pre
+        try:
+            for k, v in scope.get("headers") or ():
+                name = wanted.get(k)
+                if name is not None:
+                    headers[name] = v.decode("latin-1")
+                elif k == b"content-type":
+                    content_type = v.decode("latin-1")
+                elif k == b"content-length":
+                    try:
+                        content_length = int(v)
+                    except ValueError:
+                        content_length = -1
+            peer = scope.get("client")
+            client = eng.identify(peer[0] if peer else None, headers)
+            now = eng.clock()
+            pre = eng.precheck(client, now)
+            if isinstance(pre, CheckRequest):
+                decision = eng.decide(client, await eng.store.acheck(pre), now)
+            else:
+                decision = pre
+        except Exception as exc:  # a protection layer's own bug must not take the app down
+            eng.internal_error(exc)
+            await self.app(scope, receive, send)
+            return
         if not decision.allowed:
             await _answer(send, decision.status, decision.headers(), decision.body())
             return
@@ -140,9 +145,13 @@ class GarrisonMiddleware:
                     break
             if total <= self.options.max_body:
                 body = b"".join(chunks)
-        found = scan(self._inspect, self.options.sql_paranoia, scope.get("path") or "/",
-                     (scope.get("query_string") or b"").decode("latin-1"),
-                     headers.get("cookie"), body, content_type)
+        try:
+            found = scan(self._inspect, self.options.sql_paranoia, scope.get("path") or "/",
+                         (scope.get("query_string") or b"").decode("latin-1"),
+                         headers.get("cookie"), body, content_type)
+        except Exception as exc:  # the detector failing is no reason to refuse the request
+            eng.internal_error(exc)
+            found = None
         if replay:
             original = receive
 

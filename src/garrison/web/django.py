@@ -58,11 +58,16 @@ class GarrisonMiddleware:
         if eng.is_exempt(path):
             return self.get_response(request)
         meta = request.META
-        client = eng.identify(meta.get("REMOTE_ADDR"), environ_headers(meta, eng.header_names))
-        now = eng.clock()
-        pre = eng.precheck(client, now)
-        decision = eng.decide(client, eng.store.check(pre), now) \
-            if isinstance(pre, CheckRequest) else pre
+        try:
+            client = eng.identify(meta.get("REMOTE_ADDR"),
+                                  environ_headers(meta, eng.header_names))
+            now = eng.clock()
+            pre = eng.precheck(client, now)
+            decision = eng.decide(client, eng.store.check(pre), now) \
+                if isinstance(pre, CheckRequest) else pre
+        except Exception as exc:  # a protection layer's own bug must not take the app down
+            eng.internal_error(exc)
+            return self.get_response(request)
         if not decision.allowed:
             return _json_response(decision)
         if self._inspect is not None and eng.sql_applies(path):
@@ -75,9 +80,13 @@ class GarrisonMiddleware:
             if (wants_body(content_type) and request.method in ("POST", "PUT", "PATCH")
                     and 0 <= length <= self.options.max_body):
                 body = request.body
-            found = scan(self._inspect, self.options.sql_paranoia, path,
-                         meta.get("QUERY_STRING") or "", meta.get("HTTP_COOKIE"), body,
-                         content_type)
+            try:
+                found = scan(self._inspect, self.options.sql_paranoia, path,
+                             meta.get("QUERY_STRING") or "", meta.get("HTTP_COOKIE"), body,
+                             content_type)
+            except Exception as exc:  # the detector failing is no reason to refuse
+                eng.internal_error(exc)
+                found = None
             if found is not None:
                 refused = eng.refuse_sql(client, found[1], found[0], now)
                 if not refused.allowed:

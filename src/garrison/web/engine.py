@@ -185,6 +185,8 @@ class WebEngine:
         self.metrics.gauges = {"ip": lambda: len(self.ips), "session": lambda: len(self.sessions)}
         self.dropped_bans = 0
         self._warned_forwarding = False
+        self._last_error_log = -1e18
+        self._unlogged_errors = 0
         self._addr_cache: dict[tuple[str | None, str | None], _Where] = {}
         # Header names the adapters should collect for identify() (lower case).
         wanted = {USER_AGENT, COOKIE, self.addresses.forwarded_header}
@@ -396,6 +398,20 @@ class WebEngine:
             self._emit(Event(BOT_BLOCKED, now, Severity.HIGH, source_ip=client.ip,
                              detail=detail, message=f"bot blocked: {client.ip}"))
         self.metrics.scoring(time.perf_counter() - t0)
+
+    def internal_error(self, exc: BaseException) -> None:
+        """A failure inside the middleware itself: the request passes (fail open), the error is
+        counted and logged at most once per minute (with how many were not logged)."""
+        self.metrics.internal_errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 60.0:
+            log.error("garrison web middleware failed; request passed unchecked "
+                      "(%d earlier failures not logged)", self._unlogged_errors,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            self._last_error_log = now
+            self._unlogged_errors = 0
+        else:
+            self._unlogged_errors += 1
 
     # -- events ----------------------------------------------------------------------------
     def _escalation_event(self, client: Client, result: CheckResult, now: float) -> None:

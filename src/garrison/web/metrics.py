@@ -3,7 +3,8 @@
 ``garrison_web_requests_total``: requests seen; ``garrison_web_blocked_total{reason}``: refused
 requests by reason; ``garrison_web_scoring_seconds``: time spent scoring after the response
 (a summary: ``_sum`` and ``_count``, seconds); ``garrison_web_store_failures_total``: store
-calls that failed open; ``garrison_web_tracked{kind}``: keys currently tracked.
+calls that failed open; ``garrison_web_internal_errors_total``: the middleware's own failures
+(the request passed); ``garrison_web_tracked{kind}``: keys currently tracked.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class WebMetrics:
         self.scoring_seconds = 0.0
         self.scored = 0
         self.store_failures = 0
+        self.internal_errors = 0
         self.dropped = 0
         self.gauges: dict[str, Callable[[], int]] = {}
 
@@ -59,6 +61,9 @@ class WebMetrics:
             "# HELP garrison_web_store_failures_total Store calls that failed open.",
             "# TYPE garrison_web_store_failures_total counter",
             f"garrison_web_store_failures_total {self.store_failures}",
+            "# HELP garrison_web_internal_errors_total Middleware failures (request passed).",
+            "# TYPE garrison_web_internal_errors_total counter",
+            f"garrison_web_internal_errors_total {self.internal_errors}",
             "# HELP garrison_web_tracked Keys currently tracked, by kind.",
             "# TYPE garrison_web_tracked gauge",
         ]

@@ -83,18 +83,23 @@ class GarrisonWSGIMiddleware:
             return [body]
         if eng.is_exempt(path):
             return self.app(environ, start_response)
-        headers = environ_headers(environ, eng.header_names)
-        client = eng.identify(environ.get("REMOTE_ADDR"), headers)
-        now = eng.clock()
-        pre = eng.precheck(client, now)
-        decision = eng.decide(client, eng.store.check(pre), now) \
-            if isinstance(pre, CheckRequest) else pre
+        try:
+            headers = environ_headers(environ, eng.header_names)
+            client = eng.identify(environ.get("REMOTE_ADDR"), headers)
+            now = eng.clock()
+            pre = eng.precheck(client, now)
+            decision = eng.decide(client, eng.store.check(pre), now) \
+                if isinstance(pre, CheckRequest) else pre
+            refused = None
+            if decision.allowed and self._inspect is not None and eng.sql_applies(path):
+                refused = self._sql(environ, headers, client, now)
+        except Exception as exc:  # a protection layer's own bug must not take the app down
+            eng.internal_error(exc)
+            return self.app(environ, start_response)
         if not decision.allowed:
             return self._refuse(decision, start_response)
-        if self._inspect is not None and eng.sql_applies(path):
-            refused = self._sql(environ, headers, client, now)
-            if refused is not None and not refused.allowed:
-                return self._refuse(refused, start_response)
+        if refused is not None and not refused.allowed:
+            return self._refuse(refused, start_response)
         environ["garrison.verdict"] = decision.verdict
         status = [500]
 
