@@ -1,7 +1,8 @@
 """End to end: `garrison run` in the defended namespace, with the analytics installed.
 
 A process uploads 50 MB to an odd port; the daemon's own connection sensor and packet capture
-must produce a `new-connection` and an `exfil` event naming that process in the NDJSON log.
+must produce a `new-connection` and an `exfil` event naming that process in the NDJSON log. An
+iodine tunnel to a server in the defended namespace must produce one `dns-tunnel` event.
 """
 
 from __future__ import annotations
@@ -102,3 +103,62 @@ def test_garrison_run_reports_upload_with_its_process(topo: Topology, tmp_path: 
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait(timeout=10)
+
+
+@pytest.mark.root
+def test_garrison_run_catches_a_live_iodine_tunnel(topo: Topology, tmp_path: Path) -> None:
+    require_root_tools("iodine", "iodined")
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun for iodine")
+    log, err = tmp_path / "events.ndjson", tmp_path / "garrison.err"
+    cfg = tmp_path / "garrison.toml"
+    cfg.write_text(
+        f'home_net = ["{DEFENDED_V4}/32", "{DEFENDED_V6}/128"]\ndb = ""\n'
+        '[firewall]\nbackend = "none"\n[honeypot]\nenabled = false\n'
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    daemon = topo.popen(topo.defended, [sys.executable, "-m", "garrison.cli", "run", "--config",
+                                        str(cfg), "--log", str(log)],
+                        stderr=err.open("w"), env=env)
+    server = client = None
+    try:
+        wait_for("packet capture", lambda: "capturing on" in err.read_text(), daemon, err)
+        server = topo.popen(topo.defended, ["iodined", "-f", "-l", DEFENDED_V4, "-P", "garrison",
+                                            "10.53.0.1/27", "t.tun.test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = topo.popen(topo.outside, ["iodine", "-f", "-r", "-P", "garrison", DEFENDED_V4,
+                                           "t.tun.test"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Once the tunnel is up (its address answers), push some data through it. The daemon
+        # captures with the default 256-byte snap length, which cuts the long data queries.
+        deadline = time.monotonic() + 60
+        while topo.run(topo.outside, ["ping", "-c", "1", "-W", "1", "10.53.0.1"],
+                       check=False, timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, "iodine tunnel did not come up in 60 s"
+        topo.run(topo.outside, ["ping", "-c", "20", "-i", "0.05", "-s", "800", "10.53.0.1"],
+                 check=False, timeout=60)
+
+        def tunnels() -> list[dict[str, Any]]:
+            if not log.exists():
+                return []
+            docs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            return [d for d in docs if d["event"]["action"] == "dns-tunnel"]
+
+        found = wait_for("a dns-tunnel event", tunnels, daemon, err, timeout=60)
+        doc = found[0]
+        assert doc["garrison"]["domain"] == "t.tun.test"
+        assert doc["garrison"]["client"] == OUTSIDE_V4 and doc["source"]["ip"] == OUTSIDE_V4
+        assert doc["garrison"]["ip"] == OUTSIDE_V4
+        assert doc["threat"]["technique"]["id"][0] == "T1071.004"
+    finally:
+        for proc in (client, server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
+    assert len(tunnels()) == 1  # one event per episode

@@ -14,6 +14,7 @@ from garrison.sensors.dns import (
     parse_message,
     parse_tcp_segment,
     type_name,
+    visible_labels,
 )
 from tests.analytics.synth import dns_name, dns_query, dns_response
 
@@ -126,3 +127,15 @@ def test_fuzzed_messages_only_raise_parse_errors() -> None:
 
 def test_name_helper_round_trip() -> None:
     assert dns_name("") == b"\x00"
+
+
+def test_visible_labels_of_a_query_cut_by_the_snap_length() -> None:
+    full = dns_query("aaaa.bbbbbbbb.cccc.t.tun.test", NULL)
+    seen = visible_labels(full[:12 + 5 + 9 + 2])  # header, 'aaaa', 'bbbbbbbb', half of 'cccc'
+    assert seen is not None
+    q, whole = seen
+    assert q.labels == ("aaaa", "bbbbbbbb") and not whole and q.qtype == 0
+    q2, whole2 = visible_labels(full[:-2])  # type: ignore[misc]  # only the class cut
+    assert whole2 and q2.name == "aaaa.bbbbbbbb.cccc.t.tun.test"
+    assert visible_labels(dns_response("x.example")[:20]) is None  # a response
+    assert visible_labels(full[:13]) is None

@@ -236,3 +236,24 @@ def test_reputation_lookups_with_hashed_labels_are_allowlisted() -> None:
         digest = rand_label(rng, 52, "abcdefghijklmnopqrstuvwxyz234567")
         events += ask(det, float(i), f"{digest}._email.hbl.dq.spamhaus.net", TXT)
     assert events == []
+
+
+def test_queries_cut_by_the_snap_length_count_for_the_clients_last_domain() -> None:
+    """A tunnel's long queries outgrow a 256-byte capture: their domain is lost, but they
+    follow the client's short queries to the same zone."""
+    rng = random.Random(11)
+    det = DnsTunnelDetector(HOME_NET)
+    assert ask(det, 0.0, "hello.t.tun.test", NULL) == []
+    events: list[Event] = []
+    for i in range(1, 60):
+        labels = ".".join(rand_label(rng, 63) for _ in range(3))
+        full = dns_query(f"{labels}.t.tun.test", NULL)
+        cut = full[:150]  # what a short snap length leaves of it
+        events += det.observe(udp(float(i), HOME, RESOLVER, 40000, 53, cut, len(full)))
+    assert len(events) == 1 and events[0].detail["domain"] == "t.tun.test"
+    assert det.stats["truncated-attributed"] >= 10
+    # With no earlier query from that client, a cut query is only counted.
+    fresh = DnsTunnelDetector(HOME_NET)
+    full = dns_query("a" * 63 + "." + "b" * 63 + ".x.example", TXT)
+    assert fresh.observe(udp(1.0, HOME, RESOLVER, 40000, 53, full[:100], len(full))) == []
+    assert fresh.stats["truncated-unattributed"] == 1

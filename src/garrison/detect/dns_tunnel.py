@@ -34,6 +34,7 @@ from garrison.sensors.dns import (
     parse_message,
     parse_tcp_segment,
     type_name,
+    visible_labels,
 )
 
 UNUSUAL_TYPES: Final = frozenset({TXT, NULL, CNAME, ANY})
@@ -217,6 +218,7 @@ class _Baseline:
 
     first_ts: float
     peaks: dict[str, tuple[int, int]] = field(default_factory=dict)  # domain -> (unique, bytes)
+    last_domain: str = ""  # registered domain of its latest query
 
 
 def _common_suffix(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -312,8 +314,12 @@ class DnsTunnelDetector:
             )
         except DnsParseError as exc:
             cut = len(obs.payload) < obs.payload_len
-            self.stats["truncated-capture" if cut else f"malformed.{exc.reason}"] += 1
-            return []
+            if not cut:
+                self.stats[f"malformed.{exc.reason}"] += 1
+                return []
+            self.stats["truncated-capture"] += 1
+            seen = visible_labels(obs.payload) if obs.dport == 53 and transport == "udp" else None
+            return self._truncated(obs, transport, *seen) if seen else []
         if not msg.questions:
             self.stats["no-question"] += 1
             return []
@@ -379,16 +385,40 @@ class DnsTunnelDetector:
         if flow is not None:
             flow.answer_bytes += rdata_bytes
 
-    def _query(self, obs: Packet, transport: str, q: Question) -> list[Event]:
+    def _truncated(self, obs: Packet, transport: str, q: Question, whole: bool
+                   ) -> list[Event]:
+        """A query cut by the snap length. A whole visible name is scored as usual (type
+        unknown). Otherwise the domain is what got cut: the visible labels are scored under the
+        domain this client asked last, as a tunnel interleaves its short and long queries to one
+        zone; with no such recent flow the query is only counted."""
+        if whole:
+            return self._query(obs, transport, q)
+        base = self._baselines.get(obs.src)
+        if base is None or not base.last_domain or (obs.src, base.last_domain) not in self._flows:
+            self.stats["truncated-unattributed"] += 1
+            return []
+        self.stats["truncated-attributed"] += 1
+        return self._query(obs, transport, q, domain=base.last_domain)
+
+    def _query(
+        self, obs: Packet, transport: str, q: Question, domain: str | None = None
+    ) -> list[Event]:
+        """Score one query. ``domain`` given: ``q`` holds only the visible labels of a name
+        whose end (the domain) the capture cut off."""
         labels = q.labels
-        if not labels or self._allowlisted(labels):
+        if not labels or (domain is None and self._allowlisted(labels)):
             self.stats["allowlisted" if labels else "root-query"] += 1
             return []
         self._expire(obs.ts)
         client = obs.src
         base = self._baseline(client, obs.ts)
-        sub, reg = split_name(labels)
-        domain = ".".join(reg)
+        if domain is None:
+            sub, reg = split_name(labels)
+            domain = ".".join(reg)
+        else:
+            sub, reg = labels, tuple(domain.split("."))
+            labels = (*labels, *reg)
+        base.last_domain = domain
         key = (client, domain)
         flow = self._flows.get(key)
         if flow is None:
@@ -403,7 +433,7 @@ class DnsTunnelDetector:
         flow.server = obs.dst
         flow.sport = obs.sport
         flow.queries += 1
-        tname = type_name(q.qtype)
+        tname = type_name(q.qtype) if q.qtype else "unknown"
         flow.types[tname if tname in flow.types or len(flow.types) < MAX_TYPES else "other"] += 1
         name = q.name
         digest = hash(name)
@@ -419,8 +449,10 @@ class DnsTunnelDetector:
             flow.unique_bytes += feats.sub_bytes
             flow.suspicion_sum += feats.suspicion
             flow.reasons.update(feats.reasons)
-            flow.zone = labels[1:] if flow.zone is None else _common_suffix(flow.zone, labels)
-            if len(flow.zone) < len(reg):
+            if q.qtype:  # a cut name does not tell where the zone starts
+                flow.zone = (labels[1:] if flow.zone is None
+                             else _common_suffix(flow.zone, labels))
+            if flow.zone is None or len(flow.zone) < len(reg):
                 flow.zone = reg
             if feats.suspicion > 0 and len(flow.sample) < SAMPLE_SIZE:
                 flow.sample.append(name)

@@ -178,6 +178,39 @@ def parse_tcp_segment(payload: bytes) -> DnsMessage:
     return parse_message(payload[2 : 2 + length])
 
 
+def visible_labels(buf: bytes) -> tuple[Question, bool] | None:
+    """What a query cut short by the capture's snap length still shows.
+
+    Returns the first question with the complete labels before the cut (``qtype`` 0: unknown)
+    and whether the whole name was visible, or None when the bytes are not a query or show no
+    complete label. Used for long tunnel queries, whose names outgrow a 256-byte snap length.
+    """
+    if len(buf) < _HEADER.size + 2:
+        return None
+    flags = (buf[2] << 8) | buf[3]
+    if flags & 0x8000 or ((buf[4] << 8) | buf[5]) < 1:
+        return None
+    raw: list[bytes] = []
+    pos, n, size = _HEADER.size, len(buf), 1
+    whole = False
+    while pos < n:
+        length = buf[pos]
+        if length == 0:
+            whole = True
+            break
+        if length & 0xC0 or pos + 1 + length > n:
+            break
+        size += length + 1
+        if size > MAX_NAME:
+            return None
+        raw.append(buf[pos + 1 : pos + 1 + length])
+        pos += 1 + length
+    if not raw:
+        return None
+    labels = tuple(label.lower().decode("latin-1") for label in raw)
+    return Question(labels, tuple(label.decode("latin-1") for label in raw), 0, 1), whole
+
+
 def type_name(rtype: int) -> str:
     """Mnemonic of a record type ('TYPE99' for unknown ones, as in RFC 3597)."""
     return TYPE_NAMES.get(rtype, f"TYPE{rtype}")
