@@ -93,5 +93,5 @@ def install(engine: Garrison) -> None:
         ))
     if c.enabled:
         engine.add_component(ConnectionSensor(
-            c.interval, SocketTable(all_namespaces=c.all_namespaces)
+            c.interval, SocketTable(all_namespaces=c.all_namespaces), announce=c.announce
         ))

@@ -239,6 +239,9 @@ class ConnectionsConfig(Section):
     enabled: bool = True
     interval: Duration = Field(1.0, gt=0, description="seconds between socket-table polls")
     all_namespaces: bool = Field(True, description="read every network namespace's tables")
+    announce: bool = Field(
+        True, description="emit new-connection events (the flows feed the detectors either way)"
+    )
     known_bad: bool = Field(True, description="alert on suspicious ports and blocklisted IPs")
     suspicious_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=list, description="empty: the built-in list (4444, 5555, 6667, 31337, ...)"

@@ -85,7 +85,7 @@ def test_cli_replay_writes_the_events_as_ndjson() -> None:
 def test_install_follows_the_configuration() -> None:
     cfg = GarrisonConfig.model_validate({
         "home_net": ["198.51.100.1/32"], "dns": {"enabled": False},
-        "connections": {"interval": "2s", "suspicious_ports": [7777]},
+        "connections": {"interval": "2s", "suspicious_ports": [7777], "announce": False},
     })
     engine = Garrison(cfg, bus=EventBus())
     analytics.install(engine)
@@ -93,7 +93,7 @@ def test_install_follows_the_configuration() -> None:
     assert names == {"exfil", "beacon", "known-bad"}
     assert {getattr(d, "packet_filter", None) for d in engine.detectors} == {"all"}
     sensors = [c for c in engine.components if isinstance(c, ConnectionSensor)]
-    assert len(sensors) == 1 and sensors[0].interval == 2.0
+    assert len(sensors) == 1 and sensors[0].interval == 2.0 and not sensors[0].announce
     full = Garrison(GarrisonConfig(), bus=EventBus())
     analytics.install(full)
     dns = next(d for d in full.detectors if d.name == "dns-tunnel")

@@ -413,14 +413,19 @@ def new_connection_event(conn: Connection) -> Event:
 
 class ConnectionSensor:
     """Component: polls :class:`SocketTable` every ``interval`` seconds in a worker thread,
-    feeds each new flow to the engine and emits its ``new-connection`` event."""
+    feeds each new flow to the engine and (``announce``) emits its ``new-connection`` event.
+    A busy host opens many flows a second: ``announce=False`` keeps them out of the log while
+    exfil and known-bad still get their process attribution."""
 
     name = "connections"
 
-    def __init__(self, interval: float = 1.0, table: SocketTable | None = None) -> None:
+    def __init__(
+        self, interval: float = 1.0, table: SocketTable | None = None, *, announce: bool = True
+    ) -> None:
         if interval <= 0:
             raise ValueError(f"poll interval must be positive seconds, got {interval!r}")
         self.interval = interval
+        self.announce = announce
         self.table = table or SocketTable()
         self._task: asyncio.Task[None] | None = None
 
@@ -440,7 +445,8 @@ class ConnectionSensor:
                 continue
             for conn in fresh:
                 engine.feed(conn)
-                engine.emit(new_connection_event(conn))
+                if self.announce:
+                    engine.emit(new_connection_event(conn))
 
     async def stop(self) -> None:
         if self._task is not None:
