@@ -115,7 +115,7 @@ Ports = Annotated[list[Annotated[int, Field(ge=1, le=65535)]], BeforeValidator(_
 
 HoneypotService = Literal[
     "ssh", "http", "ftp", "smtp", "telnet", "mysql", "postgresql", "redis", "elasticsearch",
-    "vnc", "tcp",
+    "vnc", "rdp", "tcp",
 ]
 
 

@@ -24,7 +24,7 @@ from tests.support.netns import Topology, require_root_tools, topology
 SERVE = Path(__file__).with_name("serve_decoys.py")
 
 #: The standard decoy set: every port is one a scanner probes, services guessed from the port.
-STANDARD_PORTS = [21, 22, 23, 25, 80, 3306, 5432, 5900, 6379, 9200, 2222, 8080]
+STANDARD_PORTS = [21, 22, 23, 25, 80, 3306, 3389, 5432, 5900, 6379, 9200, 2222, 8080]
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -37,6 +37,12 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def complete_lines(text: str) -> list[dict[str, Any]]:
+    """The NDJSON documents of ``text``, ignoring a last line still being written."""
+    lines = text.split("\n")[:-1]  # the part after the last newline is incomplete (or "")
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 @dataclass
@@ -52,8 +58,7 @@ class Decoys:
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
-        lines = self.events_path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return complete_lines(self.events_path.read_text(encoding="utf-8"))
 
     def wait_event(
         self, match: Callable[[dict[str, Any]], bool], timeout: float = 15.0

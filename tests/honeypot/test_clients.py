@@ -189,6 +189,22 @@ def test_vnc_auth_fails(decoys: Decoys) -> None:
     assert g["session"]["client_version"] == "RFB 003.008"
 
 
+def test_rdp_connection_request_gets_a_confirm(decoys: Decoys) -> None:
+    need("ncat")
+    cookie = "Cookie: mstshash=administrator\r\n"
+    neg = "\x01\x00\x08\x00\x03\x00\x00\x00"  # RDP_NEG_REQ: TLS | CredSSP
+    tpdu = "\xe0\x00\x00\x00\x00\x00" + cookie + neg
+    packet = "\x03\x00\x00" + chr(4 + 1 + len(tpdu)) + chr(len(tpdu)) + tpdu
+    r = decoys.outside(["ncat", "-i", "2", DEFENDED_V4, "3389"], input=packet)
+    # TPKT + X.224 Connection Confirm + RDP_NEG_RSP choosing CredSSP, as Windows answers.
+    assert r.stdout == (
+        "\x03\x00\x00\x13\x0e\xd0\x00\x00\x12\x34\x00\x02\x1f\x08\x00\x02\x00\x00\x00"
+    )
+    g = event_for(decoys, 3389, "administrator")
+    assert g["credentials"] == [{"username": "administrator"}]
+    assert g["session"]["requested_protocols"] == 3
+
+
 def test_hostile_bytes_are_escaped_in_the_event(decoys: Decoys) -> None:
     need("ncat")
     payload = "*1\r\n$20\r\n\x1b[2J\x00$(reboot);`id`\n\r\n"

@@ -3,7 +3,6 @@ the NDJSON log as ``event.action = "honeypot"`` with ``source.ip``."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.honeypot.conftest import wait_for
+from tests.honeypot.conftest import complete_lines, wait_for
 from tests.support.netns import DEFENDED_V4, OUTSIDE_V4, require_root_tools, topology
 
 pytestmark = pytest.mark.root
@@ -55,7 +54,7 @@ def test_garrison_run_serves_decoys_and_logs_hits(tmp_path: Path) -> None:
             def logged() -> list[dict[str, object]]:
                 if not log.exists():
                     return []
-                docs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+                docs = complete_lines(log.read_text())
                 return [d for d in docs if d["event"]["action"] == "honeypot"]  # type: ignore[index]
 
             events = wait_for(logged, 15.0, "a honeypot event in the log")

@@ -24,6 +24,7 @@ EXPECTED = {
     25: ("smtp", "Postfix smtpd"),
     80: ("http", "Apache httpd"),
     3306: ("mysql", "MySQL"),
+    3389: ("ms-wbt-server", "Microsoft Terminal Services"),
     5432: ("postgresql", "PostgreSQL DB"),
     5900: ("vnc", "VNC"),
     6379: ("redis", "Redis key-value store"),

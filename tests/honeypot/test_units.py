@@ -13,7 +13,15 @@ from garrison.sensors.honeypot.catalog import AUTO_CANDIDATES, guess_service, pl
 from garrison.sensors.honeypot.limits import EventBudget, SessionLimiter, source_key
 from garrison.sensors.honeypot.ports import choose_auto_ports, listeners
 from garrison.sensors.honeypot.report import Visit, honeypot_event
-from garrison.sensors.honeypot.services import DECOYS, mysql, postgresql, redis, ssh, telnet
+from garrison.sensors.honeypot.services import (
+    DECOYS,
+    mysql,
+    postgresql,
+    rdp,
+    redis,
+    ssh,
+    telnet,
+)
 from garrison.sensors.honeypot.session import Session
 from garrison.sensors.honeypot.text import escape
 
@@ -148,6 +156,17 @@ def test_postgresql_messages() -> None:
     assert b"unsupported frontend protocol 65363.19778" in err and b"L2194\x00" in err
     params = postgresql.startup_params(b"user\x00bob\x00database\x00db\x00\x00")
     assert params == {b"user": b"bob", b"database": b"db"}
+
+
+def test_rdp_request_and_confirm() -> None:
+    tpdu = b"\x2a\xe0\x00\x00\x00\x00\x00Cookie: mstshash=bob\r\n\x01\x00\x08\x00\x0b\x00\x00\x00"
+    assert rdp.parse_request(tpdu) == (b"bob", 0x0B)
+    assert rdp.parse_request(b"\x06\xe0\x00\x00\x00\x00\x00") == (None, None)
+    with pytest.raises(ValueError):
+        rdp.parse_request(b"\x02\xf0\x80\x00\x00\x00\x00")
+    confirm = rdp.connection_confirm(1)
+    assert confirm[:4] == b"\x03\x00\x00\x13" and confirm[-4:] == b"\x01\x00\x00\x00"
+    assert rdp.connection_confirm(None) == b"\x03\x00\x00\x0b\x06\xd0\x00\x00\x12\x34\x00"
 
 
 def test_telnet_options_are_stripped() -> None:

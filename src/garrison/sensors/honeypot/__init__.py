@@ -1,5 +1,5 @@
 """Honeypot ports that look real: decoy SSH, HTTP, FTP, SMTP, Telnet, MySQL, PostgreSQL, Redis,
-Elasticsearch and VNC listeners whose every visitor becomes a ``honeypot`` event.
+Elasticsearch, VNC and RDP listeners whose every visitor becomes a ``honeypot`` event.
 
 ``install(engine)`` adds the :class:`HoneypotComponent` to a :class:`~garrison.Garrison` when
 ``[honeypot]`` is enabled and names some ports (``ports``, ``services`` or ``auto``); ``garrison

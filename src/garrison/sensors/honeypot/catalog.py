@@ -22,6 +22,7 @@ PORT_GUESSES: Final[Mapping[int, str]] = {
     6379: "redis",
     9200: "elasticsearch", 9201: "elasticsearch",
     5900: "vnc", 5901: "vnc",
+    3389: "rdp",
 }
 
 #: Service of a port nobody guessed: accept, capture what arrives, say nothing.
@@ -31,7 +32,7 @@ FALLBACK_SERVICE: Final = "tcp"
 #: the kind of host Garrison defends. 22, 80 and 443 are deliberately absent: a real service
 #: may want them at any moment.
 AUTO_CANDIDATES: Final[tuple[int, ...]] = (
-    21, 23, 2222, 2323, 3306, 5432, 5900, 6379, 8080, 8888, 9200,
+    21, 23, 2222, 2323, 3306, 3389, 5432, 5900, 6379, 8080, 8888, 9200,
 )
 
 

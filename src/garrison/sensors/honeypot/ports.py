@@ -24,6 +24,7 @@ DAEMONS: Final[Mapping[int, tuple[str, ...]]] = {
     2222: ("sshd", "dropbear"),
     2323: ("in.telnetd", "telnetd"),
     3306: ("mysqld", "mariadbd"),
+    3389: ("xrdp",),
     5432: ("postgres", "/usr/lib/postgresql/*/bin/postgres"),
     5900: ("Xvnc", "x11vnc", "vncserver", "Xtigervnc"),
     6379: ("redis-server", "keydb-server"),

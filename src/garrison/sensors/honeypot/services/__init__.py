@@ -17,6 +17,7 @@ from garrison.sensors.honeypot.services import (
     http,
     mysql,
     postgresql,
+    rdp,
     redis,
     smtp,
     ssh,
@@ -56,6 +57,7 @@ DECOYS: Final[Mapping[str, Decoy]] = {
         Decoy("redis", redis.BANNER, redis.serve),
         Decoy("elasticsearch", elasticsearch.BANNER, elasticsearch.serve),
         Decoy("vnc", vnc.BANNER, vnc.serve),
+        Decoy("rdp", rdp.BANNER, rdp.serve),
         Decoy("tcp", "", _silent),
     )
 }

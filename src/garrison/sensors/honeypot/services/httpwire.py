@@ -63,7 +63,7 @@ async def read_request(s: Session) -> Request:
             headers.append((name.strip().lower(), value.strip()))
     else:
         raise SessionEnd("line-limit")
-    s.note("headers", {k.decode("latin-1")[:64]: _short(v) for k, v in headers})
+    s.note("headers", {field(k, 64): _short(v) for k, v in headers})
     body = b""
     length = dict(headers).get(b"content-length")
     if length is not None and length.isdigit():

@@ -129,6 +129,7 @@ async def serve(s: Session) -> None:
             login_timeout=s.idle_timeout * 3,
             keepalive_interval=0,
             rdns_lookup=False,
+            gss_host=None,  # no GSS key exchange or authentication
             allow_pty=False,
             x11_forwarding=False,
             agent_forwarding=False,
