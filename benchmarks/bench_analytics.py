@@ -126,16 +126,13 @@ def dns_rate(count: int = 50_000) -> list[str]:
 
 def iodine_queries() -> list[str]:
     d = DnsTunnelDetector(HOME)
-    first = None
     for p in read_packets(DATA / "s12_iodine.pcap"):
         if d.observe(p):
-            first = (d.stats["queries"], p.ts)
-            break
-    if first is None:
-        return ["iodine tunnel was not flagged"]
-    return [f"The iodine tunnel in `s12_iodine` is flagged at its **{first[0]}th** complete "
-            "DNS query (queries whose name was cut by the 256-byte snap length are counted as "
-            "truncated and not scored)."]
+            whole, cut = d.stats["queries"], d.stats["truncated-attributed"]
+            return [f"The iodine tunnel in `s12_iodine` (snap length 256) is flagged after "
+                    f"**{whole + cut}** client queries: {whole} complete and {cut} cut by the snap "
+                    "length (scored under the client's last domain)."]
+    return ["iodine tunnel was not flagged"]
 
 
 def socket_poll(pairs: int = 2500) -> list[str]:
