@@ -247,6 +247,14 @@ class DnsTunnelDetector:
     volume. Content is never baselined: names full of binary or encoded data score the same in
     and after warm-up.
 
+    Input: queries and answers over UDP and TCP (the first message of a TCP segment; messages
+    split across segments are counted as truncated). Malformed messages are counted in
+    ``stats`` and dropped. A query cut by the capture's snap length keeps its visible labels,
+    which are scored under the registered domain the same client asked last (the domain, at
+    the end of the name, is what got cut; tunnels interleave short and long queries).
+
+    Actor (``detail["ip"]``): always the client, see :mod:`garrison.analytics`.
+
     Memory is bounded whoever sends the queries: at most ``max_flows`` (client, domain) pairs
     and ``max_clients`` baselines (LRU), at most ``max_names`` remembered names in all (as
     hashes), at most 4,096 per pair.
