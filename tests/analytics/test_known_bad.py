@@ -65,3 +65,11 @@ def test_socket_table_flows_are_checked_and_name_the_process() -> None:
     ev = det.observe(shell)
     assert ev[0].detail["reason"] == "suspicious-listening-port"
     assert ev[0].source_ip == OUTSIDE and ev[0].destination_port == 31337
+
+
+def test_loopback_flows_from_the_socket_table_are_not_destinations() -> None:
+    det = KnownBadDetector(HOME_NET)
+    local = Connection(1.0, "tcp", "127.0.0.1", 41000, "127.0.0.1", 5555, "ESTABLISHED",
+                       "outbound", "net:[1]", 5, 0, 321, 1, "adb", "adb devices", "me", "/adb")
+    assert det.observe(local) == []
+    assert det.observe(local._replace(local_addr="::1", remote_addr="::1")) == []

@@ -20,6 +20,7 @@ bounded size.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final
@@ -40,6 +41,15 @@ T1071: Final = Technique("T1071", "Application Layer Protocol", "TA0011", "Comma
 
 
 Blocklist = Callable[[str], bool] | Collection[str]
+
+
+def _local_only(ip: str) -> bool:
+    """Loopback, link-local or unspecified: traffic that never leaves the host or link."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return True
+    return addr.is_loopback or addr.is_link_local or addr.is_unspecified
 
 
 class KnownBadDetector:
@@ -118,7 +128,7 @@ class KnownBadDetector:
     def _connection(self, c: Connection) -> list[Event]:
         """The same checks on a socket-table flow (works without packet capture, and names
         the process)."""
-        if c.remote_addr in self.home:
+        if c.remote_addr in self.home or _local_only(c.remote_addr):
             return []
         local, remote = c.local_addr, c.remote_addr
         outbound = c.direction == "outbound"
