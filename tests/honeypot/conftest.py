@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -54,6 +54,7 @@ class Decoys:
     events_path: Path
     services: dict[int, str]
     pid: int
+    stderr: IO[bytes] | None = None
 
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
@@ -90,11 +91,12 @@ class Decoys:
 def start_decoys(topo: Topology, config: dict[str, Any], workdir: Path) -> Decoys:
     events = workdir / "events.ndjson"
     ready = workdir / "ready.json"
+    stderr = open(workdir / "decoys.log", "wb")  # noqa: SIM115 - closed by stop_decoys
     proc = topo.popen(
         topo.defended,
         [sys.executable, str(SERVE), json.dumps(config), str(events), str(ready)],
         stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "decoys.log", "wb"),  # noqa: SIM115
+        stderr=stderr,
     )
 
     def is_ready() -> bool:
@@ -107,7 +109,7 @@ def start_decoys(topo: Topology, config: dict[str, Any], workdir: Path) -> Decoy
     wait_for(is_ready, 20.0, "the honeypot to listen")
     info = json.loads(ready.read_text())
     return Decoys(topo, proc, events, {int(k): v for k, v in info["services"].items()},
-                  int(info["pid"]))
+                  int(info["pid"]), stderr)
 
 
 def stop_decoys(decoys: Decoys) -> None:
@@ -118,6 +120,8 @@ def stop_decoys(decoys: Decoys) -> None:
         except subprocess.TimeoutExpired:
             decoys.proc.kill()
             decoys.proc.wait(timeout=10)
+    if decoys.stderr is not None:
+        decoys.stderr.close()
 
 
 @pytest.fixture(scope="module")

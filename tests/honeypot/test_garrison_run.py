@@ -37,9 +37,9 @@ def test_garrison_run_serves_decoys_and_logs_hits(tmp_path: Path) -> None:
     log = tmp_path / "events.ndjson"
     cfg = tmp_path / "garrison.toml"
     cfg.write_text(CONFIG.format(log=log))
-    with topology(prefix="gh") as topo:
+    with topology(prefix="gh") as topo, open(tmp_path / "err", "wb") as err:
         proc = topo.popen(topo.defended, [garrison, "run", "--config", str(cfg)],
-                          stdout=subprocess.DEVNULL, stderr=open(tmp_path / "err", "wb"))  # noqa: SIM115
+                          stdout=subprocess.DEVNULL, stderr=err)
         try:
             def answered() -> bool:
                 if proc.poll() is not None:
