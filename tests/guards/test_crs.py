@@ -115,8 +115,7 @@ def test_crs_942_paranoia_1_cases(capsys: pytest.CaptureFixture[str]) -> None:
                  f"at paranoia 1")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
-    # Regression floors at the measured figures (not CRS's 98% goal, which the lexical
-    # detector does not reach on these PL1 cases; see the module doc and the report).
-    assert rates[1][0] >= 0.65
+    # The floor at paranoia 1: at least 98% of the should-block cases detected.
+    assert rates[1][0] >= 0.98
     assert rates[2][0] >= rates[1][0]
     assert benign_ok == len(genuine)

@@ -154,3 +154,61 @@ def test_tokenizer_understands_sql_lexically() -> None:
     assert [t.type for t in tokenize("sleep_hours (5)")] == ["n", "(", "1", ")"]
     assert [t.type for t in tokenize("@@version || 'a'")] == ["v", "&", "s"]
     assert [t.type for t in tokenize("N'x' X'4142' E'\\n'")] == ["s", "s", "s"]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("pg_catalog", "catalog"),
+        ("tempdb", "catalog"),
+        ("4294967296", "boundary"),
+        ("u_id[$ne]", "MongoDB"),
+        ("$where", "MongoDB"),
+        ("1.e(ascii)", "1.e"),
+        ("database(", "information function"),
+        (") like (", "LIKE"),
+        ("if(2=", "IF("),
+        ("div(23,-2)", "DIV("),
+        (";truncate[xx", "leading ';'"),
+        ("/CREATE TABLE Persons", "CREATE TABLE"),
+        ("` REGEXP ", "REGEXP"),
+        ("admin@example.org';", "terminated"),
+        ("x' sleep(20.to_i) '", "SLEEP"),
+        ('" | type config.ini | "', "concatenation"),
+        ("'select H", "SELECT"),
+        (" case when c1 then r1", "CASE WHEN"),
+        ("BENCHMARK(2999/**/999,Md5(NoW()", "BENCHMARK"),
+    ],
+)
+def test_targeted_rules_flag_with_reason(value: str, reason: str) -> None:
+    """The narrow rules for what CRS's paranoia-1 rules catch that is not a full SQL shape."""
+    finding = sqli.inspect(value)
+    assert finding is not None, value
+    assert reason in finding.reason, finding.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Northwind Traders annual report",
+        "my tempdb is full, how do I shrink it?",
+        "price in $ne",
+        "costs $in cash",
+        "4294967297",
+        "version 1.2.3",
+        "Fig. 1.e shows the result",
+        "the database (production) is down",
+        "if(x==1) { return; }",
+        "if (ready) start()",
+        "see div (2 columns)",
+        "; update your profile today",
+        "We create table layouts in CSS",
+        '"select comfort mattress"',
+        "in case when it rains then stay home",
+        "I'd like (a lot) of that",
+        "benchmark results (2024)",
+        "sleep_hours",
+    ],
+)
+def test_targeted_rules_leave_prose_alone(value: str) -> None:
+    assert sqli.inspect(value) is None, sqli.inspect(value)

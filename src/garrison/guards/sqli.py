@@ -19,6 +19,7 @@ anywhere; 4 flags any quote break-out followed by SQL syntax.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Final
@@ -79,6 +80,41 @@ _PG_TYPES: Final = words(
 )
 _ALTER_ACTIONS: Final = words("ADD CHANGE DROP MODIFY RENAME ALTER OWNER DISABLE ENABLE")
 _END: Final = Token("", "")
+# System databases, catalogs and sample schemas that only an attacker probing the database sends
+# as a whole value (``?table=pg_catalog``); as words inside prose they are left to paranoia 2.
+_SYSTEM_OBJECTS: Final = _CATALOGS | words(
+    """
+    PG_TOAST TEMPDB MSDB NORTHWIND SCHEMA_NAME SYSAUX SYS.DATABASE_NAME MASTER..SYSDATABASES
+    MSYSACCESSSTORAGE MSYSACCESSXML MSYSACES MSYSMODULES MSYSMODULES2 MSYSQUERIES
+    MSYSRELATIONSHIPS
+    """
+)
+# Integer- and float-boundary values sent to provoke overflow errors (CRS rule 942220); the
+# whole value must be one of them.
+_MAGIC_NUMBERS: Final = words(
+    """
+    4294967295 4294967296 2147483647 2147483648 -2147483648 -2147483649 0000012345 0000023456
+    -0000023456 2.2250738585072007e-308 2.2250738585072011e-308 1e309
+    """
+)
+# MongoDB query operators as a whole value (a JSON key) or in PHP/Express bracket syntax
+# (``u_id[$ne]=1``): how NoSQL injection reaches a query (CRS rule 942290).
+_NOSQL: Final = re.compile(
+    r"(?:^|\[)\$(?:ne|nin|in|not|nor|eq|exists|elemmatch|lte?|gte?|like|mod|all|and|size|slice|"
+    r"where|type|text|x?or|div|between|regex|jsonschema|expr)(?:\]|$)",
+    re.I,
+)
+# MySQL reads ``1.e`` as the number 1 glued to what follows: ``1.e(ascii)`` and ``1.e.tables``
+# hide SQL from word-boundary filters (CRS rule 942560).
+_SCI_NOTATION: Final = re.compile(r"\d\.e[(),.][\w(]", re.I)
+# ``6 as "x" from``: a number aliased with a quoted name and followed by FROM (CRS rule 942360).
+_ALIAS_FROM: Final = re.compile(
+    r"\b\d+\s+as\s*(?:[\"'`]\w*[\"'`]?|\w+[\"'`])\s*from\b", re.I
+)
+# Words that start a second statement after a leading ``;`` (CRS rule 942350).
+_LEADING_STATEMENTS: Final = words(
+    "ALTER CREATE TRUNCATE UPDATE RENAME DELETE DESC DROP INSERT SELECT LOAD"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +152,9 @@ def inspect(value: str | bytes, paranoia: int = 1) -> Finding | None:
 
 
 def _inspect_text(value: str, paranoia: int) -> Finding | None:
+    whole = _whole_value(value, paranoia)
+    if whole is not None:
+        return whole
     if value.isalnum() and paranoia < 4:
         return None  # one plain word or number: no SQL syntax possible
     if "/*!" in value:
@@ -134,9 +173,35 @@ def _inspect_text(value: str, paranoia: int) -> Finding | None:
     return None
 
 
+def _whole_value(value: str, paranoia: int) -> Finding | None:
+    """Values that are an attack by themselves although they carry no SQL syntax: a system
+    catalog name, an overflow boundary number, a MongoDB operator, ``1.e`` number gluing."""
+    bare = value.strip()
+    if bare.lower() in _MAGIC_NUMBERS:
+        return Finding("1", "value", "integer/float boundary value (overflow probe)", bare,
+                       paranoia)
+    name = bare.strip("`[]\"'").upper()
+    if name in _SYSTEM_OBJECTS:
+        return Finding("n", "value", f"system database/catalog name {name} as the value",
+                       bare[:120], paranoia)
+    if "$" in value and _NOSQL.search(value):
+        return Finding("X", "value", "MongoDB query operator (NoSQL injection)", value[:120],
+                       paranoia)
+    if "." in value and _SCI_NOTATION.search(value):
+        return Finding("1", "value", "MySQL scientific-notation gluing 1.e", value[:120],
+                       paranoia)
+    if _ALIAS_FROM.search(value):
+        return Finding("1ksk", "value", "number AS quoted alias FROM", value[:120], paranoia)
+    return None
+
+
 def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
     """Shapes that are SQL wherever they appear: UNION SELECT, stacked statements, calls."""
     n = len(toks)
+    if n >= 3 and toks[0].type in ";oX":
+        hit = _leading_statement(toks)
+        if hit:
+            return hit, 1
     for i, t in enumerate(toks):
         ty = t.type
         if ty == "U" and _skip(toks, i + 1, "c(").type == "E":
@@ -151,6 +216,14 @@ def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
                 name != "BENCHMARK" or any(x.type == "," for x in toks[i + 2 : i + 8])
             ):
                 return f"call of time-delay/file/system function {t.text}()", i
+            if name == "BENCHMARK" and _benchmark(toks, i + 1):
+                return "call of time-delay function BENCHMARK(n, f())", i
+            if name in INFO_FUNCTIONS and i + 2 == n:
+                return f"unclosed call of database information function {t.text}(", i
+            if name == "IF" and _if_compare(toks, i + 1):
+                return "IF(number comparison", i
+            if i == 1 and toks[0].type in ",)" and _known(name) and _call_ok(toks, i + 1):
+                return f"SQL function call {t.text}() continuing a list", i
             if name in INFO_FUNCTIONS and i + 2 < n and toks[i + 2].type == ")" and (
                 paranoia >= 2 or _sqlish_neighbours(toks, i)
             ):
@@ -164,10 +237,20 @@ def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
             if hit:
                 return hit, i
         elif ty == "k" and t.text == "FROM" and (
-            _skip(toks, i + 1, "c(").text.strip("`").split(".")[0] in _CATALOGS
-            or _skip(toks, i + 1, "c(").text.strip("`") in _CATALOGS
+            _skip(toks, i + 1, "c(").text.strip("`").upper().split(".")[0] in _CATALOGS
+            or _skip(toks, i + 1, "c(").text.strip("`").upper() in _CATALOGS
         ):
             return "FROM a system catalog", i
+        elif ty == "o" and t.text == "LIKE" and i > 0 and toks[i - 1].type == ")" and (
+            i + 1 < n and toks[i + 1].type == "("
+        ):
+            return "LIKE between parenthesised expressions", i
+        elif ty == "k" and t.text == "CASE":
+            hit = _case_when(toks, i)
+            if hit:
+                return hit, i
+        elif ty == "o" and t.text == "DIV" and _div_call(toks, i):
+            return "DIV( number, ...) MySQL operator used as a call", i
         elif ty == "o" and t.text == "::" and i > 0 and toks[i - 1].type in "n1s)" and (
             _skip(toks, i + 1, "c").text in _PG_TYPES
         ):
@@ -187,6 +270,68 @@ def _anywhere(toks: list[Token], paranoia: int) -> tuple[str, int] | None:
         elif ty == "v" and t.text.upper().split(".")[0] in _AT_AT and (n > 1 or paranoia >= 2):
             return f"server variable {t.text}", i
     return None
+
+
+def _leading_statement(toks: list[Token]) -> str | None:
+    """The value opens with punctuation and a statement: ``;truncate[x`` (CRS rule 942350),
+    ``/CREATE TABLE t`` -- the punctuation ends the application's statement or token."""
+    word, nxt = toks[1], toks[2]
+    if toks[0].type == ";" and word.text in _LEADING_STATEMENTS:
+        k = 3 if nxt.text in ("[", "(") else 2
+        name = toks[k] if k < len(toks) else _END
+        after = toks[k + 1] if k + 1 < len(toks) else _END
+        if name.type in "nf" and len(name.text) >= 2 and after.type != "n":  # not prose
+            return f"statement {word.text} after a leading ';'"
+    if word.text in ("CREATE", "DROP", "ALTER", "TRUNCATE") and nxt.text in _DDL_OBJECTS and (
+        len(toks) > 3 and toks[3].type in "nf"
+    ):
+        return f"{word.text} {nxt.text} statement after leading punctuation"
+    return None
+
+
+def _case_when(toks: list[Token], i: int) -> str | None:
+    """``CASE WHEN <expr> THEN <operand>`` with the CASE opening the value or SQL before it."""
+    prev = toks[i - 1].type if i > 0 else ""
+    if prev not in ("", "(", ",", "o", "&", "E", "s", "1", ")", "k") or (
+        prev == "k" and toks[i - 1].text not in ("THEN", "ELSE", "WHERE")
+    ):
+        return None
+    j = _skip_i(toks, i + 1, "c")
+    if j >= len(toks) or toks[j].text != "WHEN":
+        return None
+    end, _ = _expr(toks, _skip_i(toks, j + 1, "c"))
+    if end < 0 or end >= len(toks) or toks[end].text != "THEN":
+        return None
+    return "CASE WHEN ... THEN expression" if _expr(toks, end + 1)[0] >= 0 else None
+
+
+def _div_call(toks: list[Token], i: int) -> bool:
+    """``DIV(23,-2)``: MySQL's DIV operator written as a call of numbers (CRS rule 942320)."""
+    j = i + 1
+    if j >= len(toks) or toks[j].type != "(":
+        return False
+    j = _skip_i(toks, j + 1, "o")
+    return j + 1 < len(toks) and toks[j].type == "1" and toks[j + 1].type == ","
+
+
+def _if_compare(toks: list[Token], i: int) -> bool:
+    """``IF(2=`` / ``IF(1234<``: MySQL's IF() testing a number, the boolean-blind probe."""
+    n = len(toks)
+    if i + 2 >= n or toks[i + 1].type != "1" or toks[i + 2].type != "o":
+        return False
+    op = toks[i + 2].text
+    nxt = toks[i + 3] if i + 3 < n else _END
+    if op == "=" and nxt.text == "=":
+        return False  # ``if(1==x)`` is C-family code, not SQL
+    return op in ("=", "<", ">", "<>", "!=", "<=", ">=", "<=>")
+
+
+def _benchmark(toks: list[Token], i: int) -> bool:
+    """``BENCHMARK(count, f(...))``: a comma and a known SQL function call inside the call."""
+    close = _match_paren(toks, i)
+    inner = toks[i + 1 : close + 1]
+    comma = next((k for k, x in enumerate(inner) if x.type == ","), -1)
+    return comma >= 0 and any(x.type == "f" and _known(x.text) for x in inner[comma:])
 
 
 def _sqlish_neighbours(toks: list[Token], i: int) -> bool:
@@ -337,6 +482,9 @@ def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] |
     hflags = 0
     if quote:
         head, i = toks[0], 1
+        hit = _after_quote(toks, quote, paranoia)
+        if hit:
+            return hit, 1
     else:
         start = _skip_i(toks, 0, "o")
         if start >= n or toks[start].type not in "1nvf(":
@@ -409,6 +557,35 @@ def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] |
             return f"{t.text} clause after the value", i
     if paranoia >= 4 and quote and ty in "&oUB;ckE":
         return f"SQL syntax {t.text} after the closed string", i
+    return None
+
+
+def _after_quote(toks: list[Token], quote: str, paranoia: int) -> str | None:
+    """Short shapes right after the quote that closes the value (CRS rules 942100, 942190,
+    942360, 942540): ``'!x``, ``'select x``, `` ` REGEXP``, ``' sleep(...)``, ``x';`` at the
+    end, and ``" | ... | "`` concatenation that re-opens the string."""
+    n = len(toks)
+    if n < 2:
+        return None
+    t = toks[1]
+    nxt = toks[2] if n > 2 else _END
+    opened = len(toks[0].text) == 2  # the value starts with the quote itself
+    if t.text == "!" and nxt.type in "sn1" and opened:
+        return "! after the closed string"
+    if opened and t.text in ("SELECT", "UNION", "HAVING") and nxt is not _END and (
+        nxt.type not in "sc" and toks[-1].type != "s"  # not a quoted phrase: "union station"
+    ):
+        return f"{t.text} right after the closed string"
+    if t.text in ("REGEXP", "RLIKE"):
+        return f"{t.text} after the closed string"
+    if t.type == "f" and t.text in DANGEROUS_FUNCTIONS and nxt.type == "(":
+        return f"call of time-delay/file/system function {t.text}() after the closed string"
+    if t.type == ";" and n == 2:
+        return "statement terminated after the closed string"
+    if n >= 4 and t.text in ("|", "||", "+") and toks[-2].text == t.text and (
+        toks[-1].type == "s" and toks[-1].text == quote
+    ):
+        return f"concatenation {t.text} ... {t.text} that re-opens the string"
     return None
 
 
