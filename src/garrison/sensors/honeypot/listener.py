@@ -2,9 +2,12 @@
 
 Admission is capped (``max_sessions`` in total, ``max_sessions_per_source`` per source): a
 connection over a cap is reset at once, so a flood costs at most the capped number of sessions
-plus one accept each. Each session runs under a hard deadline (``session_timeout`` s) and an
-idle deadline (``idle_timeout`` s). Every visit, admitted or not, is a ``honeypot`` event,
-subject to a per-source event budget so a flood cannot flood the log.
+(descriptors: one each, two for an asyncssh-backed SSH session) plus one accept each. When
+every slot is taken, a newcomer still gets in if another source holds more than its share:
+that source's oldest session is ended instead (see :class:`.limits.SessionLimiter`). Each
+session runs under a hard deadline (``session_timeout`` s) and an idle deadline
+(``idle_timeout`` s). Every visit, admitted or not, is a ``honeypot`` event, subject to a
+per-source event budget so a flood cannot flood the log.
 """
 
 from __future__ import annotations
