@@ -311,7 +311,7 @@ def test_middleware_failures_fail_open(serve_asgi: Callable[[Any], str],
         assert http.get(base + "/api/status").status_code == 200  # reputation failing
         sc.middleware_of(app).engine.store = BrokenStore()
         assert http.get(base + "/page/1").status_code == 200  # store raising
-        assert "garrison_web_internal_errors_total 1" in http.get(base + "/metrics").text
+        assert "garrison_web_internal_errors_total 2" in http.get(base + "/metrics").text
     flask = sc.flask_app(bus=EventBus())
     flask.wsgi_app.engine.store = BrokenStore()
     with httpx.Client(timeout=10) as http:

@@ -295,11 +295,11 @@ class WebEngine:
 
     def verdict(self, client: Client, rate_trust: float | None, now: float) -> Verdict:
         """The fused trust verdict of this client right now."""
-        risks = []
+        bot_risk = None
         for table, key in ((self.ips, client.key), (self.sessions, client.session)):
-            st = table.get(key, now) if key else None
+            st = table.peek(key) if key else None
             if st is not None and st.risk is not None:
-                risks.append(st.risk)
+                bot_risk = st.risk if bot_risk is None else max(bot_risk, st.risk)
         rep = self.options.reputation
         reputation, hits, blocklisted = None, 0, False
         if rep is not None and client.ip is not None:
@@ -307,9 +307,9 @@ class WebEngine:
                 reputation = rep.score(client.ip)
                 hits = int(rep.honeypot_hits(client.ip))
                 blocklisted = bool(rep.is_blocklisted(client.ip))
-            except Exception:  # a failing reputation source must not take requests down
-                log.exception("reputation source failed; judging without it")
-        return fuse(bot_risk=max(risks) if risks else None, reputation=reputation,
+            except Exception as exc:  # a failing reputation source must not take requests down
+                self.internal_error(exc)
+        return fuse(bot_risk=bot_risk, reputation=reputation,
                     honeypot_hits=hits, rate_trust=rate_trust, blocklisted=blocklisted,
                     weights=self.options.trust_weights)
 

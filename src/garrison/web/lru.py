@@ -38,6 +38,12 @@ class BoundedMap(Generic[V]):
             return None
         return item[1]
 
+    def peek(self, key: str) -> V | None:
+        """The value for ``key`` if present, without checking expiry or marking it used (for
+        read-only lookups on the hot path; a stale answer is at most ``ttl`` old)."""
+        item = self._data.get(key)
+        return None if item is None else item[1]
+
     def get_or_create(self, key: str, now: float, factory: Callable[[], V]) -> V:
         """The live value for ``key`` (created if absent or expired), marked as used at ``now``."""
         item = self._data.get(key)
