@@ -37,8 +37,8 @@ log = logging.getLogger("garrison.store.redis")
 CHECK_SCRIPT: Final = """
 -- Garrison web check: pending bans, standing bans, session binding and GCRA, in one atomic call.
 -- Mirrors garrison/store/memory.py; see garrison/store/base.py for the rules.
--- KEYS: nb ban-identity hashes, ni request-identity hashes, then (if binding) the binding key
---       and the session's identity hash.
+-- KEYS: nb ban-identity keys, ni request-identity keys, then (if binding) the binding key
+--       and the session's identity key.
 -- ARGV: now, rate, burst, initial_trust, trust_gain, trust_loss, strikes, strike_window,
 --       backoff, offences_to_ban, ban, max_ban, offence_memory, idle_ttl, cost,
 --       nb, ni, has_binding, [group, agent, bind_ttl, bind_ban, bind_window],
@@ -61,21 +61,28 @@ end
 
 local function f(x) return string.format('%.17g', x) end
 
+-- An identity's state is one string "tat trust strikes wstart offences ban_until reason" with
+-- a TTL: one GET to load, one SET ... PX to save.
 local function load(key)
-  local v = redis.call('HMGET', key, 't', 'tr', 's', 'w', 'o', 'b', 'r')
-  return {key = key, t = tonumber(v[1]) or 0, tr = tonumber(v[2]) or init_trust,
-          s = tonumber(v[3]) or 0, w = tonumber(v[4]) or 0, o = tonumber(v[5]) or 0,
-          b = tonumber(v[6]) or 0, r = v[7] or ''}
+  local v = redis.call('GET', key)
+  local st = {key = key, t = 0, tr = init_trust, s = 0, w = 0, o = 0, b = 0, r = ''}
+  if v then
+    local t, tr, s, w, o, b, r = string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
+    if t then
+      st.t, st.tr, st.s, st.w = tonumber(t), tonumber(tr), tonumber(s), tonumber(w)
+      st.o, st.b, st.r = tonumber(o), tonumber(b), r
+    end
+  end
+  return st
 end
 
 local function save(st)
-  redis.call('HSET', st.key, 't', f(st.t), 'tr', f(st.tr), 's', f(st.s), 'w', f(st.w),
-             'o', f(st.o), 'b', f(st.b), 'r', st.r)
   local keep = idle_ttl
   if st.o > 0 and offence_memory > keep then keep = offence_memory end
   local until_ = now + keep
   if st.b > until_ then until_ = st.b end
-  redis.call('PEXPIRE', st.key, math.ceil((until_ - now) * 1000))
+  redis.call('SET', st.key, f(st.t) .. ' ' .. f(st.tr) .. ' ' .. st.s .. ' ' .. f(st.w) .. ' '
+             .. st.o .. ' ' .. f(st.b) .. ' ' .. st.r, 'PX', math.ceil((until_ - now) * 1000))
 end
 
 local function ban_length(base, offences)
@@ -135,7 +142,10 @@ if has_binding == 1 then
     save(st)
     return answer(0, 'impossible-travel', bind_ban, st.tr, 'impossible-travel', st.key, bgroup)
   end
-  redis.call('SET', bkey, here .. '|' .. f(now), 'PX', math.ceil(bind_ttl * 1000))
+  -- refresh "last seen" at most every window/4 seconds: saves a write on most requests
+  if moved or not bound or now - blast > bind_window / 4 then
+    redis.call('SET', bkey, here .. '|' .. f(now), 'PX', math.ceil(bind_ttl * 1000))
+  end
 end
 
 -- 3. GCRA on every identity; all or nothing
@@ -426,6 +436,11 @@ class RedisStore(LimitStore):
         self._sync_script = self._sync.register_script(CHECK_SCRIPT)
         self._async_script = self._async.register_script(CHECK_SCRIPT)
         self._pipe = self._make_pipeline(url, timeout)
+        p = self.policy
+        self._policy_args = [repr(float(x)) for x in (
+            p.rate, p.burst, p.initial_trust, p.trust_gain, p.trust_loss, p.strikes,
+            p.strike_window, p.backoff, p.offences_to_ban, p.ban, p.max_ban, p.offence_memory,
+            p.idle_ttl)]
         self._pending: deque[Any] = deque(maxlen=_MAX_PENDING_BANS)
         self._pending_lock = threading.Lock()
         self.dropped_bans = 0
@@ -464,13 +479,9 @@ class RedisStore(LimitStore):
                 self._pending.append(ban)
 
     def _args(self, req: CheckRequest, bans: tuple[Any, ...]) -> tuple[list[str], list[str]]:
-        p = self.policy
         keys = [self._key(b.identity) for b in bans] + [self._key(i) for i in req.identities]
-        argv = [repr(float(x)) for x in (
-            req.now, p.rate, p.burst, p.initial_trust, p.trust_gain, p.trust_loss, p.strikes,
-            p.strike_window, p.backoff, p.offences_to_ban, p.ban, p.max_ban, p.offence_memory,
-            p.idle_ttl, req.cost)]
-        argv += [str(len(bans)), str(len(req.identities))]
+        argv = [repr(float(req.now)), *self._policy_args, repr(float(req.cost)),
+                str(len(bans)), str(len(req.identities))]
         b = req.binding
         if b is None:
             argv.append("0")
