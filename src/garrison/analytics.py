@@ -93,5 +93,6 @@ def install(engine: Garrison) -> None:
         ))
     if c.enabled:
         engine.add_component(ConnectionSensor(
-            c.interval, SocketTable(all_namespaces=c.all_namespaces), announce=c.announce
+            c.interval, SocketTable(all_namespaces=c.all_namespaces), announce=c.announce,
+            byte_counts=c.byte_counts,
         ))

@@ -242,6 +242,9 @@ class ConnectionsConfig(Section):
     announce: bool = Field(
         True, description="emit new-connection events (the flows feed the detectors either way)"
     )
+    byte_counts: bool = Field(
+        True, description="read per-socket byte counters (sock_diag) for exfil without capture"
+    )
     known_bad: bool = Field(True, description="alert on suspicious ports and blocklisted IPs")
     suspicious_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=list, description="empty: the built-in list (4444, 5555, 6667, 31337, ...)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -137,3 +138,57 @@ async def test_sensor_component_emits_new_connection(
         await sensor.stop()
     with pytest.raises(ValueError, match="positive"):
         ConnectionSensor(interval=0)
+
+
+def test_kernel_byte_counters_of_new_flows() -> None:
+    table = SocketTable()
+    assert table.byte_counts(time.time()) == []  # the first call is the baseline
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        payload = b"x" * 1_000_000
+        received = 0
+        client.setblocking(False)
+        view = memoryview(payload)
+        sent = 0
+        deadline = time.monotonic() + 20
+        while received < len(payload):  # pump both ends in this thread, no sleeps
+            assert time.monotonic() < deadline
+            if sent < len(payload):
+                with contextlib.suppress(BlockingIOError):
+                    sent += client.send(view[sent:])
+            server.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                received += len(server.recv(1 << 16))
+        cport = client.getsockname()[1]
+        totals = {"out": 0, "in": 0}
+
+        def count() -> bool:
+            # Acknowledgements may trail the reads by a moment: sum the deltas until they land.
+            for b in table.byte_counts(time.time()):
+                if b.local_port == cport and b.remote_addr == "127.0.0.1":
+                    totals["out"] += b.bytes_out
+                elif b.remote_port == cport:
+                    totals["in"] += b.bytes_in
+            return totals["out"] >= len(payload) and totals["in"] >= len(payload)
+
+        deadline = time.monotonic() + 10
+        while not count():
+            assert time.monotonic() < deadline, totals
+        assert totals == {"out": len(payload), "in": len(payload)}
+        client.setblocking(True)
+        client.sendall(b"y" * 1000)
+        assert server.recv(2000)
+        totals["out"] = 0
+        deadline = time.monotonic() + 10
+        while totals["out"] < 1000:  # deltas, not totals: only the new 1,000 bytes
+            assert time.monotonic() < deadline, totals
+            count()
+        assert totals["out"] == 1000
+    finally:
+        for s in (client, server, listener):
+            s.close()
+        table.close()

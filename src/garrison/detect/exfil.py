@@ -20,9 +20,11 @@ Alert types, with their severity:
   packets after that long.
 
 One episode per (local address, destination, port): it reports when it first crosses a
-threshold and again only when the severity rises. Process attribution comes from
-``Connection`` observations; an alert on a flow whose process is not known yet waits up to
-``attribution_grace`` seconds (observation time) for one.
+threshold and again only when the severity rises. Byte counts come from packets or, for
+flows no packet was seen of, from the kernel's per-socket counters (``FlowBytes``: exfil works
+without packet capture). Process attribution comes from ``Connection`` observations; an alert
+on a flow whose process is not known yet waits up to ``attribution_grace`` seconds
+(observation time) for one.
 
 Baselines: each process (its executable, else its name, else the local address) is learned
 for ``warmup`` seconds from when it is first seen: its peak bytes per minute, per flow and new
@@ -44,9 +46,10 @@ from typing import Any, Final
 
 from garrison.detect.homenet import HomeNet
 from garrison.detect.homenet import Network as IPNetwork
+from garrison.detect.known_bad import is_local_only
 from garrison.events import EXFIL, Event, Severity, Technique
 from garrison.observations import ACK, SYN, TCP, UDP, Packet, transport_name
-from garrison.sensors.connections import Connection
+from garrison.sensors.connections import Connection, FlowBytes
 
 T1041: Final = Technique("T1041", "Exfiltration Over C2 Channel", "TA0010", "Exfiltration")
 T1048: Final = Technique(
@@ -97,6 +100,7 @@ class _Flow:
     inn: int = 0
     band: int = len(LONG_LIVED_BANDS)  # index of the last long-lived band reported
     proc: Connection | None = None
+    packets: bool = False  # counted from packets (then kernel counters are ignored)
 
 
 @dataclass(slots=True)
@@ -132,7 +136,7 @@ class ExfilDetector:
     """Byte counting per flow, destination and process (see module doc)."""
 
     name = "exfil"
-    accepts: tuple[type, ...] = (Packet, Connection)
+    accepts: tuple[type, ...] = (Packet, Connection, FlowBytes)
     packet_filter = "all"
 
     def __init__(
@@ -182,12 +186,15 @@ class ExfilDetector:
         self._procs: OrderedDict[str, _Proc] = OrderedDict()
         self._owners: OrderedDict[FlowKey, Connection] = OrderedDict()
         self._pending: deque[_Pending] = deque()
+        self._local_only: dict[str, bool] = {}
         self.stats: Counter[str] = Counter()
 
     # -- input ----------------------------------------------------------------------------------
-    def observe(self, obs: Packet | Connection) -> list[Event]:
+    def observe(self, obs: Packet | Connection | FlowBytes) -> list[Event]:
         if isinstance(obs, Connection):
             return self._connection(obs)
+        if isinstance(obs, FlowBytes):
+            return self._flow_bytes(obs)
         return self._packet(obs)
 
     def flush(self, now: float) -> list[Event]:
@@ -266,15 +273,54 @@ class ExfilDetector:
         else:
             self._flows.move_to_end(key)
         flow.last = p.ts
+        flow.packets = True
         n = p.payload_len
         if not src_home:
             flow.inn += n
         elif n:
             flow.out += n
             if flow.outbound:
-                out.extend(self._upload(p, key, flow, n))
+                out.extend(self._upload(p.ts, key, flow, n))
         if flow.outbound and p.ts - flow.first >= LONG_LIVED_BANDS[-1][0] and flow.band > 0:
-            out.extend(self._long_lived(p, key, flow))
+            out.extend(self._long_lived(p.ts, key, flow))
+        return out
+
+    def _flow_bytes(self, b: FlowBytes) -> list[Event]:
+        """Kernel byte counters of a TCP flow: the same accounting as packets, for hosts or
+        flows without packet capture. Ignored for flows already counted from packets."""
+        remote = b.remote_addr
+        if remote in self.home or (self.allow is not None and remote in self.allow):
+            return []
+        local_only = self._local_only.get(remote)
+        if local_only is None:
+            local_only = is_local_only(remote)
+            if len(self._local_only) >= 4096:
+                self._local_only.clear()
+            self._local_only[remote] = local_only
+        if local_only:  # loopback: a local database, not an upload
+            return []
+        key: FlowKey = (b.local_addr, b.local_port, b.remote_addr, b.remote_port, TCP)
+        out = self._release(b.ts) if self._pending else []
+        flow = self._flows.get(key)
+        if flow is None:
+            owner = self._owners.get(key)
+            outbound = owner.direction == "outbound" if owner else key[1] > key[3]
+            flow = _Flow(b.ts, b.ts, outbound, proc=owner)
+            self._flows[key] = flow
+            while len(self._flows) > self.max_flows:
+                self._flows.popitem(last=False)
+        elif flow.packets:
+            return out
+        else:
+            self._flows.move_to_end(key)
+        flow.last = b.ts
+        flow.inn += b.bytes_in
+        if b.bytes_out:
+            flow.out += b.bytes_out
+            if flow.outbound:
+                out.extend(self._upload(b.ts, key, flow, b.bytes_out))
+        if flow.outbound and b.ts - flow.first >= LONG_LIVED_BANDS[-1][0] and flow.band > 0:
+            out.extend(self._long_lived(b.ts, key, flow))
         return out
 
     def _proc_key(self, key: FlowKey, flow: _Flow) -> str:
@@ -299,22 +345,22 @@ class ExfilDetector:
             return default
         return max(default, self.learn_factor * peak)
 
-    def _upload(self, p: Packet, key: FlowKey, flow: _Flow, n: int) -> list[Event]:
+    def _upload(self, ts: float, key: FlowKey, flow: _Flow, n: int) -> list[Event]:
         local, _lport, remote, rport, _proto = key
         dkey = (local, remote, rport)
         dest = self._dests.get(dkey)
-        if dest is None or p.ts - dest.last > self.episode_timeout:
-            dest = _Dest(first=p.ts)
+        if dest is None or ts - dest.last > self.episode_timeout:
+            dest = _Dest(first=ts)
             self._dests[dkey] = dest
             while len(self._dests) > self.max_dests:
                 self._dests.popitem(last=False)
         else:
             self._dests.move_to_end(dkey)
-        dest.last = p.ts
-        per_dest = dest.minute.add(p.ts, n)
-        st = self._proc(self._proc_key(key, flow), p.ts)
-        per_proc = st.minute.add(p.ts, n)
-        learning = p.ts - st.first <= self.warmup
+        dest.last = ts
+        per_dest = dest.minute.add(ts, n)
+        st = self._proc(self._proc_key(key, flow), ts)
+        per_proc = st.minute.add(ts, n)
+        learning = ts - st.first <= self.warmup
         if learning:
             st.peak_minute = max(st.peak_minute, per_dest, per_proc)
             st.peak_flow = max(st.peak_flow, flow.out)
@@ -324,49 +370,49 @@ class ExfilDetector:
             st.known[remote] = None
             while len(st.known) > self.max_known_dests:
                 st.known.popitem(last=False)
-            st.new_dests.append(p.ts)
-            while st.new_dests and st.new_dests[0] < p.ts - MINUTE:
+            st.new_dests.append(ts)
+            while st.new_dests and st.new_dests[0] < ts - MINUTE:
                 st.new_dests.popleft()
             if learning:
                 st.peak_new = max(st.peak_new, len(st.new_dests))
-            limit = self._limit(self.new_destinations, st.peak_new, st, p.ts)
-            if len(st.new_dests) >= limit and p.ts - st.new_alerted > MINUTE:
-                st.new_alerted = p.ts
-                out.extend(self._alert(p, key, flow, "new-destinations", Severity.MEDIUM,
+            limit = self._limit(self.new_destinations, st.peak_new, st, ts)
+            if len(st.new_dests) >= limit and ts - st.new_alerted > MINUTE:
+                st.new_alerted = ts
+                out.extend(self._alert(ts, key, flow, "new-destinations", Severity.MEDIUM,
                                        len(st.new_dests), dest=None))
         kind: str | None = None
         severity = Severity.INFO
         amount = flow.out
-        large = self._limit(self.upload_bytes_per_min, st.peak_minute, st, p.ts)
-        burst = self._limit(self.burst_bytes, st.peak_flow, st, p.ts)
+        large = self._limit(self.upload_bytes_per_min, st.peak_minute, st, ts)
+        burst = self._limit(self.burst_bytes, st.peak_flow, st, ts)
         if per_dest >= large or per_proc >= large:
             kind, severity, amount = "large-upload", Severity.HIGH, int(max(per_dest, per_proc))
         elif flow.out >= burst:
-            asym = self._limit(self.asymmetric_bytes, st.peak_flow, st, p.ts)
+            asym = self._limit(self.asymmetric_bytes, st.peak_flow, st, ts)
             if rport not in self.common_ports:
                 kind, severity = "unusual-port", Severity.MEDIUM
             elif flow.out >= asym and flow.out >= self.asymmetric_ratio * max(1, flow.inn):
                 kind, severity = "asymmetric", Severity.MEDIUM
-            elif flow.out / max(1.0, p.ts - flow.first) >= self.burst_rate:
+            elif flow.out / max(1.0, ts - flow.first) >= self.burst_rate:
                 kind, severity = "upload-burst", Severity.LOW
         if kind is not None and severity > dest.severity:
             dest.severity = severity
-            out.extend(self._alert(p, key, flow, kind, severity, amount, dest=dest))
+            out.extend(self._alert(ts, key, flow, kind, severity, amount, dest=dest))
         return out
 
-    def _long_lived(self, p: Packet, key: FlowKey, flow: _Flow) -> list[Event]:
-        age = p.ts - flow.first
+    def _long_lived(self, ts: float, key: FlowKey, flow: _Flow) -> list[Event]:
+        age = ts - flow.first
         for i, (band, severity) in enumerate(LONG_LIVED_BANDS):
             if i >= flow.band:
                 break
             if age >= band:
                 flow.band = i
-                return self._alert(p, key, flow, "long-lived", severity, flow.out, dest=None,
+                return self._alert(ts, key, flow, "long-lived", severity, flow.out, dest=None,
                                    extra={"duration": round(age, 1), "band_hours": band / 3600})
         return []
 
     def _alert(
-        self, p: Packet, key: FlowKey, flow: _Flow, kind: str, severity: Severity, amount: int,
+        self, ts: float, key: FlowKey, flow: _Flow, kind: str, severity: Severity, amount: int,
         *, dest: _Dest | None, extra: dict[str, Any] | None = None,
     ) -> list[Event]:
         local, lport, remote, rport, proto = key
@@ -401,7 +447,7 @@ class ExfilDetector:
         )
         event = Event(
             name=EXFIL,
-            ts=p.ts,
+            ts=ts,
             severity=severity,
             source_ip=local,
             source_port=lport,
@@ -418,7 +464,7 @@ class ExfilDetector:
             flow.proc = owner
             return [self._attributed(event, owner)]
         if self.attribution_grace > 0:
-            self._pending.append(_Pending(p.ts + self.attribution_grace, key, event))
+            self._pending.append(_Pending(ts + self.attribution_grace, key, event))
             if len(self._pending) > 1024:  # bounded: release the oldest unattributed
                 return [self._pending.popleft().event]
             return []

@@ -43,7 +43,7 @@ T1071: Final = Technique("T1071", "Application Layer Protocol", "TA0011", "Comma
 Blocklist = Callable[[str], bool] | Collection[str]
 
 
-def _local_only(ip: str) -> bool:
+def is_local_only(ip: str) -> bool:
     """Loopback, link-local or unspecified: traffic that never leaves the host or link."""
     try:
         addr = ipaddress.ip_address(ip)
@@ -128,7 +128,7 @@ class KnownBadDetector:
     def _connection(self, c: Connection) -> list[Event]:
         """The same checks on a socket-table flow (works without packet capture, and names
         the process)."""
-        if c.remote_addr in self.home or _local_only(c.remote_addr):
+        if c.remote_addr in self.home or is_local_only(c.remote_addr):
             return []
         local, remote = c.local_addr, c.remote_addr
         outbound = c.direction == "outbound"

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import logging
 import os
 import pwd
+import socket
+import struct
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -101,6 +105,24 @@ class Connection(NamedTuple):
     command_line: str = ""
     user: str = ""
     exe: str = ""
+
+
+class FlowBytes(NamedTuple):
+    """Bytes one established TCP flow moved since the previous poll, from the kernel's
+    counters (an observation; ``ts`` seconds since the epoch). ``bytes_out``: sent and
+    acknowledged by the peer; ``bytes_in``: received (tcp_info ``bytes_acked`` and
+    ``bytes_received`` differences, in bytes). A flow new since the previous poll reports all
+    it moved; flows that existed before the sensor's first poll only count from then on."""
+
+    ts: float
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    bytes_out: int
+    bytes_in: int
+    netns: str
+    inode: int
 
 
 _LITTLE = sys.byteorder == "little"
@@ -212,6 +234,111 @@ def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
                        exe)
 
 
+# -- byte counters: NETLINK_SOCK_DIAG (what `ss -ti` reads) --------------------------------------
+NETLINK_SOCK_DIAG: Final = 4
+SOCK_DIAG_BY_FAMILY: Final = 20
+NLM_F_REQUEST: Final = 0x1
+NLM_F_DUMP: Final = 0x300
+NLMSG_ERROR: Final = 2
+NLMSG_DONE: Final = 3
+INET_DIAG_INFO: Final = 2
+CLONE_NEWNET: Final = 0x40000000
+_NLMSG = struct.Struct("=IHHII")
+_TCPI_BYTES: Final = 120  # offset of tcpi_bytes_acked, then tcpi_bytes_received (u64 each)
+# States whose sockets can still carry data: ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK,
+# CLOSING (a bitmask of TCP state numbers for the kernel's filter).
+_DATA_STATES: Final = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11)
+
+
+def _diag_request(family: int) -> bytes:
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0,
+                      _DATA_STATES) + bytes(48)
+    return _NLMSG.pack(_NLMSG.size + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP,
+                       1, 0) + req
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    ip = ipaddress.IPv6Address(raw)
+    return str(ip.ipv4_mapped or ip)
+
+
+def tcp_counters(sock: socket.socket) -> Iterator[tuple[str, int, str, int, int, int, int]]:
+    """(local, lport, remote, rport, bytes_acked, bytes_received, inode) of every TCP socket
+    that can carry data, in the namespace ``sock`` (a NETLINK_SOCK_DIAG socket) belongs to.
+    Bytes a socket moves between its last poll and its close are not seen."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        sock.send(_diag_request(family))
+        done = False
+        while not done:
+            data = sock.recv(1 << 17)
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size:
+                    raise OSError(f"sock_diag: bad netlink length {length}")
+                if kind == NLMSG_DONE:
+                    done = True
+                    break
+                if kind == NLMSG_ERROR:
+                    (errno,) = struct.unpack_from("=i", data, off + _NLMSG.size)
+                    raise OSError(-errno, "sock_diag request refused")
+                body = data[off + _NLMSG.size : off + length]
+                off += (length + 3) & ~3
+                if len(body) < 72:
+                    continue
+                fam = body[0]
+                sport, dport = struct.unpack_from("!HH", body, 4)
+                inode = struct.unpack_from("=I", body, 68)[0]
+                attr = 72
+                while attr + 4 <= len(body):
+                    alen, atype = struct.unpack_from("=HH", body, attr)
+                    if alen < 4:
+                        break
+                    if atype == INET_DIAG_INFO and alen - 4 >= _TCPI_BYTES + 16:
+                        acked, received = struct.unpack_from("=QQ", body, attr + 4 + _TCPI_BYTES)
+                        yield (_addr(fam, body[8:24]), sport, _addr(fam, body[24:40]), dport,
+                               acked, received, inode)
+                        break
+                    attr += (alen + 3) & ~3
+
+
+def _diag_socket(ns_path: str | None) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket in the namespace at ``ns_path`` (None: our own). A socket
+    stays in the namespace it was made in, so it is made in a short-lived thread that enters
+    that namespace (setns affects the calling thread only; needs CAP_SYS_ADMIN)."""
+    if ns_path is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    result: list[socket.socket | BaseException] = []
+
+    def enter() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(ns_path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({ns_path}): {os.strerror(err)}")
+                result.append(
+                    socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+                )
+            finally:
+                os.close(fd)
+        except BaseException as exc:  # handed to the caller's thread below
+            result.append(exc)
+
+    worker = threading.Thread(target=enter, name="garrison-setns", daemon=True)
+    worker.start()
+    worker.join(10)
+    if not result:
+        raise OSError(f"setns({ns_path}) did not finish")
+    got = result[0]
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
 class SocketTable:
     """Polls the socket tables of every network namespace and reports new flows.
 
@@ -227,6 +354,10 @@ class SocketTable:
         self.max_flows = max_flows
         self._seen: set[tuple[str, str, str, str]] = set()  # (ns, proto, local, remote) hex
         self._owners: dict[int, int] = {}  # socket inode -> pid
+        self._diag: dict[str, socket.socket] = {}  # namespace id -> sock_diag socket
+        self._diag_failed: set[str] = set()
+        self._bytes: dict[tuple[str, int], tuple[int, int]] = {}  # (ns, inode) -> last counts
+        self._bytes_primed = False
         self.polls = 0
         self.fd_scans = 0
         self.errors = 0
@@ -291,6 +422,57 @@ class SocketTable:
                 if not wanted:
                     break
         return self._owners
+
+    def byte_counts(self, now: float) -> list[FlowBytes]:
+        """Counters of established TCP flows that changed since the previous call, from every
+        namespace this process may enter (its own without privileges). Memory: one entry per
+        established flow."""
+        out: list[FlowBytes] = []
+        latest: dict[tuple[str, int], tuple[int, int]] = {}
+        primed = self._bytes_primed
+        spaces = self.namespaces()
+        own = next(iter(spaces))
+        for ns, base in spaces.items():
+            sock = self._diag.get(ns)
+            if sock is None:
+                if ns in self._diag_failed:
+                    continue
+                try:
+                    sock = _diag_socket(None if ns == own else f"{base}/ns/net")
+                except OSError as exc:
+                    self._diag_failed.add(ns)
+                    log.info("no byte counters for namespace %s: %s", ns, exc)
+                    continue
+                self._diag[ns] = sock
+            try:
+                rows = list(tcp_counters(sock))
+            except OSError as exc:
+                self.errors += 1
+                log.warning("sock_diag failed in %s: %s", ns, exc)
+                continue
+            for la, lp, ra, rp, acked, received, inode in rows:
+                key = (ns, inode)
+                latest[key] = (acked, received)
+                if not primed:
+                    continue  # the baseline: what flows moved before we started is not news
+                # bytes_acked counts the SYN's sequence number too.
+                prev = self._bytes.get(key, (1 if acked else 0, 0))
+                sent, got = acked - prev[0], received - prev[1]
+                if sent > 0 or got > 0:
+                    out.append(FlowBytes(now, la, lp, ra, rp, max(0, sent), max(0, got), ns,
+                                         inode))
+        for ns in [n for n in self._diag if n not in spaces]:
+            self._diag.pop(ns).close()
+        self._diag_failed &= set(spaces)
+        self._bytes = latest
+        self._bytes_primed = True
+        return out
+
+    def close(self) -> None:
+        """Release the sock_diag sockets."""
+        for sock in self._diag.values():
+            sock.close()
+        self._diag.clear()
 
     def _rows(self) -> Iterator[tuple[str, str, list[str]]]:
         """(namespace, 'tcp'|'udp', fields) of every table line, unparsed (the fast path: most
@@ -420,12 +602,14 @@ class ConnectionSensor:
     name = "connections"
 
     def __init__(
-        self, interval: float = 1.0, table: SocketTable | None = None, *, announce: bool = True
+        self, interval: float = 1.0, table: SocketTable | None = None, *, announce: bool = True,
+        byte_counts: bool = True,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"poll interval must be positive seconds, got {interval!r}")
         self.interval = interval
         self.announce = announce
+        self.byte_counts = byte_counts
         self.table = table or SocketTable()
         self._task: asyncio.Task[None] | None = None
 
@@ -433,6 +617,8 @@ class ConnectionSensor:
         first = await asyncio.to_thread(self.table.poll, time.time())
         for conn in first:
             engine.feed(conn)
+        if self.byte_counts:  # the baseline of the counters
+            await asyncio.to_thread(self.table.byte_counts, time.time())
         self._task = asyncio.get_running_loop().create_task(self._loop(engine))
 
     async def _loop(self, engine: Garrison) -> None:
@@ -440,6 +626,8 @@ class ConnectionSensor:
             await asyncio.sleep(self.interval)
             try:
                 fresh = await asyncio.to_thread(self.table.poll, time.time())
+                counts = (await asyncio.to_thread(self.table.byte_counts, time.time())
+                          if self.byte_counts else [])
             except OSError as exc:
                 log.error("socket table poll failed: %s", exc)
                 continue
@@ -447,6 +635,8 @@ class ConnectionSensor:
                 engine.feed(conn)
                 if self.announce:
                     engine.emit(new_connection_event(conn))
+            for flow in counts:
+                engine.feed(flow)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -454,3 +644,4 @@ class ConnectionSensor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.table.close()
