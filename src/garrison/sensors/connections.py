@@ -628,8 +628,8 @@ class ConnectionSensor:
                 fresh = await asyncio.to_thread(self.table.poll, time.time())
                 counts = (await asyncio.to_thread(self.table.byte_counts, time.time())
                           if self.byte_counts else [])
-            except OSError as exc:
-                log.error("socket table poll failed: %s", exc)
+            except Exception:  # one bad poll must not end the sensor; say so and carry on
+                log.exception("socket table poll failed")
                 continue
             for conn in fresh:
                 engine.feed(conn)
