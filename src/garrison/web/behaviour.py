@@ -48,6 +48,10 @@ RPM_FULL: Final = 150.0
 VOLUME_FULL: Final = 50 * 1024 * 1024
 """Bytes per window that count as full volume risk."""
 
+_PATH, _SIZE, _STATUS = HISTORY, 2 * HISTORY, 3 * HISTORY
+_ZEROS: Final = bytes(8 * 4 * HISTORY)
+_MAX_SIZE: Final = float(1 << 52)  # doubles hold integers exactly up to 2**53
+
 IP_WEIGHTS: Final = {"rate": 0.30, "errors": 0.10, "entropy": 0.25, "timing": 0.25, "volume": 0.10}
 SESSION_WEIGHTS: Final = {"rate": 0.35, "timing": 0.35, "entropy": 0.30}
 
@@ -91,15 +95,13 @@ def path_hash(path: str) -> int:
 
 
 class History:
-    """The last :data:`HISTORY` requests of one key, in rings. About 0.6 KB each."""
+    """The last :data:`HISTORY` requests of one key, in one ring of doubles (one allocation):
+    timestamps, path hashes, bytes and statuses, :data:`HISTORY` slots each. About 1.1 KB."""
 
-    __slots__ = ("_bucket", "_bytes", "_cur", "_paths", "_prev", "_status", "_ts", "count", "idx")
+    __slots__ = ("_bucket", "_cur", "_prev", "_ring", "count", "idx")
 
     def __init__(self) -> None:
-        self._ts = array("d", bytes(8 * HISTORY))
-        self._paths = array("i", bytes(4 * HISTORY))
-        self._bytes = array("q", bytes(8 * HISTORY))
-        self._status = array("h", bytes(2 * HISTORY))
+        self._ring = array("d", _ZEROS)
         self.idx = 0
         self.count = 0
         self._bucket = 0.0
@@ -109,10 +111,11 @@ class History:
     def add(self, ts: float, path: int, status: int, size: int) -> None:
         """Record one answered request (``ts`` seconds, ``size`` bytes sent)."""
         i = self.idx
-        self._ts[i] = ts
-        self._paths[i] = path
-        self._bytes[i] = max(0, min(size, (1 << 62)))
-        self._status[i] = max(0, min(status, 999))
+        ring = self._ring
+        ring[i] = ts
+        ring[_PATH + i] = path
+        ring[_SIZE + i] = size if 0 <= size < _MAX_SIZE else (_MAX_SIZE if size > 0 else 0)
+        ring[_STATUS + i] = status
         self.idx = (i + 1) % HISTORY
         self.count += 1
         if ts - self._bucket >= 60.0:
@@ -136,25 +139,27 @@ class History:
         n = min(self.count, HISTORY)
         if n < min_requests:
             return None
-        ts, paths, sizes, statuses = self._ts, self._paths, self._bytes, self._status
+        ring = self._ring
         cutoff = now - window
-        total = errors = client_errors = volume = 0
-        counts: dict[int, int] = {}
+        total = errors = client_errors = 0
+        volume = 0.0
+        counts: dict[float, int] = {}
         first = prev = -1.0
         s1 = s2 = 0.0
         for j in range(self.idx - n, self.idx):  # oldest to newest, one pass
             i = j % HISTORY
-            t = ts[i]
+            t = ring[i]
             if t < cutoff:
                 continue
             total += 1
-            status = statuses[i]
+            status = ring[_STATUS + i]
             if status >= 400:
                 errors += 1
                 if status < 500:
                     client_errors += 1
-            volume += sizes[i]
-            counts[paths[i]] = counts.get(paths[i], 0) + 1
+            volume += ring[_SIZE + i]
+            p = ring[_PATH + i]
+            counts[p] = counts.get(p, 0) + 1
             if prev >= 0:
                 gap = t - prev
                 s1 += gap
@@ -170,8 +175,8 @@ class History:
         client_share = client_errors / total
         bits = 0.0
         for c in counts.values():
-            p = c / total
-            bits -= p * math.log2(p)
+            share = c / total
+            bits -= share * math.log2(share)
         top = math.log2(max(total, 16))
         high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE) if bits > ENTROPY_CENTRE else 0.0
         high = max(0.0, min(high, 1.0))

@@ -57,8 +57,10 @@ BLOCKLIST: Final = "blocklist"
 _MAX_PENDING: Final = 10_000
 _ADDR_CACHE: Final = 65_536
 """Resolved (peer, forwarding header) pairs kept; cleared when full."""
-SCORE_EVERY: Final = 4
-"""Once a key has been judged, it is re-scored every this many requests (bounded delay)."""
+SCORE_EVERY: Final = 8
+"""A key that looks harmless is re-scored every this many requests (bounded delay); one whose
+risk is past :data:`HOT` of its threshold, on every request."""
+HOT: Final = 0.6
 
 _Where = tuple[str | None, str | None, str | None, bool]
 
@@ -124,11 +126,14 @@ class _Tracked(History):
         self.risk: float | None = None
         self.since = 0
 
-    def rescore(self, min_requests: int) -> bool:
+    def rescore(self, min_requests: int, threshold: float) -> bool:
         """True when this request should (re-)score the key: when it first has enough history,
-        then every :data:`SCORE_EVERY` requests."""
+        on every request while its risk is near ``threshold``, else every
+        :data:`SCORE_EVERY` requests."""
         self.since += 1
-        if self.count == min_requests or self.since >= SCORE_EVERY:
+        risk = self.risk
+        if (self.since >= SCORE_EVERY or self.count == min_requests
+                or (risk is not None and risk >= HOT * threshold)):
             self.since = 0
             return True
         return False
@@ -356,14 +361,14 @@ class WebEngine:
             if client.key:
                 st = self.ips.get_or_create(client.key, now, _Tracked)
                 st.add(now, h, status, size)
-                if st.rescore(o.min_requests):
+                if st.rescore(o.min_requests, o.threshold):
                     ip_feat = st.features(now, o.window, o.min_requests, o.min_span)
                     st.risk = ip_feat.risk(self._ip_weights) if ip_feat else None
                 ip_risk = st.risk
             if client.session:
                 ss = self.sessions.get_or_create(client.session, now, _Tracked)
                 ss.add(now, h, status, size)
-                if ss.rescore(o.min_requests):
+                if ss.rescore(o.min_requests, o.session_threshold):
                     sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
                     ss.risk = sess_feat.risk(self._session_weights) if sess_feat else None
                 sess_risk = ss.risk
