@@ -1,15 +1,22 @@
-"""OWASP CRS regression cases for rule file 942 (SQL injection), run in-process.
+"""OWASP CRS regression cases for SQL injection (rule file 942), run in-process.
 
-The cases of the CRS rules that run at CRS paranoia level 1 were transcribed from the CRS
-regression-test YAML files into ``tests/data/guards/crs/942-pl1.jsonl`` (see the README there
-for provenance and licence). Each case is a request; the values a web application would see
-(query and form arguments and their names, JSON keys and strings, XML attribute values and text,
-path segments, the one header case) are passed to ``sqli.inspect`` one by one, as the web
-middleware does, and the case counts as detected when any value is flagged.
+The cases were transcribed from the CRS regression-test YAML files into
+``tests/data/guards/crs/942-pl1.jsonl`` (the rules CRS runs at its paranoia level 1) and
+``942-pl2-4.jsonl`` (the rules of CRS paranoia levels 2-4); see the README there for
+provenance, versions and licence. Each case is a request; the values a web application would
+see (query and form arguments and their names, JSON keys and strings, XML attribute values and
+text, path segments, cookie names and values, the header value) are passed to ``sqli.inspect``
+one by one, as the web middleware does, and the case counts as detected when any value is
+flagged.
 
-CRS "should pass" (``no_expect_ids``) means only that one rule must not fire; several of those
-cases are attacks left to other rules (942360 tests 29-31 are an Oracle ``DBMS_LDAP`` call, a
-``pg_sleep`` subquery and a sqlmap ``UNION ALL SELECT``). They are reported both ways.
+Figures are printed per Garrison paranoia level 1..4 for three sets: the cases of CRS's
+paranoia-1 rules (what the issue's floor is about), the cases of the rules CRS runs at a
+paranoia level up to the same number (CRS at PL n runs the rules of PL 1..n), and all cases.
+
+CRS "should pass" (``no_expect_ids`` / ``no_log_contains``) means only that one rule must not
+fire on the case; several of them are attacks left to other rules (a sqlmap ``UNION ALL
+SELECT``, ``'or'1``...). :data:`ATTACKS_AMONG_PASS` lists those, with the reason; the pass rate
+is printed both raw and over the genuinely benign should-pass cases.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import json
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,22 @@ import pytest
 
 from garrison.guards import sqli
 
-CASES = Path(__file__).resolve().parents[1] / "data" / "guards" / "crs" / "942-pl1.jsonl"
-ATTACKS_AMONG_PASS = {(942360, 29), (942360, 30), (942360, 31)}
+DATA = Path(__file__).resolve().parents[1] / "data" / "guards" / "crs"
+FILES = (DATA / "942-pl1.jsonl", DATA / "942-pl2-4.jsonl")
+
+# (rule, test) of should-pass cases that are SQL injection all the same (judged by hand; the
+# CRS test only says that its own rule must not fire on them).
+ATTACKS_AMONG_PASS: dict[tuple[int, int], str] = {
+    (942360, 29): "Oracle DBMS_LDAP.INIT subquery concatenated with ||",
+    (942360, 30): "'||(select(pg_sleep(15))...)||' time delay",
+    (942360, 31): "sqlmap UNION ALL SELECT NULL,... -- probe",
+    (942101, 10): "9'union all: quote break-out then UNION (incomplete)",
+    (942101, 11): "24 union all select 1,2,3 from aa",
+    (942120, 30): "user'collate foo-- quote break-out truncated by a comment",
+    (942210, 26): ";set @ stacked SET of a variable",
+    (942521, 15): "\\'lol' or '1 escaped-quote OR bypass",
+    (942522, 5): "'or'1 authentication bypass",
+}
 
 
 def _json_strings(doc: Any) -> Iterator[str]:
@@ -57,6 +78,12 @@ def values(case: dict[str, Any]) -> list[str]:
         for name, value in urllib.parse.parse_qsl(raw, keep_blank_values=True):
             out += [name, value]
         return [v for v in out if v] or [raw]
+    if kind == "cookie":
+        out = []
+        for part in raw.split(";"):
+            name, _, value = part.strip().partition("=")
+            out += [urllib.parse.unquote(name), urllib.parse.unquote(value)]
+        return [v for v in out if v]
     if kind == "json":
         return list(_json_strings(json.loads(raw)))
     if kind == "xml":
@@ -73,49 +100,87 @@ def values(case: dict[str, Any]) -> list[str]:
 
 
 def _load() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines() if line]
+    cases = []
+    for path in FILES:
+        text = path.read_text(encoding="utf-8")
+        cases += [json.loads(line) for line in text.splitlines() if line]
+    return cases
 
 
-def test_crs_942_paranoia_1_cases(capsys: pytest.CaptureFixture[str]) -> None:
+Rates = tuple[int, int, int, int, int, int]  # blocked, n_block, passed, n_pass, benign ok, n
+
+
+def _rates(cases: list[dict[str, Any]], hits: dict[tuple[int, int], bool]) -> Rates:
+    blocked = nb = passed = np_ = benign_ok = nbenign = 0
+    for case in cases:
+        hit = hits[(case["rule"], case["test"])]
+        if case["expect"] == "block":
+            nb += 1
+            blocked += hit
+        else:
+            np_ += 1
+            passed += not hit
+            if (case["rule"], case["test"]) not in ATTACKS_AMONG_PASS:
+                nbenign += 1
+                benign_ok += not hit
+    return blocked, nb, passed, np_, benign_ok, nbenign
+
+
+def _fmt(label: str, r: Rates) -> str:
+    blocked, nb, passed, np_, benign_ok, nbenign = r
+    return (f"  {label:<22} detected {blocked:>3}/{nb:<3} ({100 * blocked / nb:5.1f}%), "
+            f"passed {passed:>3}/{np_:<3} ({100 * passed / np_:5.1f}%), "
+            f"benign passed {benign_ok}/{nbenign} ({100 * benign_ok / nbenign:5.1f}%)")
+
+
+def test_crs_942_by_paranoia_level(capsys: pytest.CaptureFixture[str]) -> None:
     cases = _load()
-    assert len(cases) >= 200
+    keys = [(c["rule"], c["test"]) for c in cases]
+    assert len(set(keys)) == len(keys) and len(cases) >= 790
+    assert all(k in set(keys) for k in ATTACKS_AMONG_PASS)
+    subsets: dict[str, Callable[[dict[str, Any], int], bool]] = {
+        "CRS-PL1 rules": lambda c, p: c["paranoia"] == 1,
+        "CRS-PL<=n rules": lambda c, p: c["paranoia"] <= p,
+        "all 942 cases": lambda c, p: True,
+    }
     lines = []
-    rates = {}
+    rates: dict[tuple[str, int], Rates] = {}
     for paranoia in (1, 2, 3, 4):
-        blocked = passed = nb = np_ = 0
-        per_rule: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-        missed = []
-        for case in cases:
-            hit = any(sqli.inspect(v, paranoia) is not None for v in values(case))
-            if case["expect"] == "block":
-                nb += 1
-                blocked += hit
-                per_rule[case["rule"]][0] += hit
-                per_rule[case["rule"]][1] += 1
-                if not hit:
-                    missed.append(f"{case['rule']}-{case['test']}")
-            else:
-                np_ += 1
-                passed += not hit
-        rates[paranoia] = (blocked / nb, passed / np_)
-        lines.append(
-            f"CRS 942 (rules of CRS PL1), sqli paranoia {paranoia}: detected {blocked}/{nb} "
-            f"should-block ({100 * blocked / nb:.1f}%), passed {passed}/{np_} should-pass "
-            f"({100 * passed / np_:.1f}%)"
-        )
+        hits = {
+            (c["rule"], c["test"]): any(sqli.inspect(v, paranoia) is not None for v in values(c))
+            for c in cases
+        }
+        lines.append(f"CRS 942, sqli paranoia {paranoia} (n = {paranoia}):")
+        for label, keep in subsets.items():
+            r = _rates([c for c in cases if keep(c, paranoia)], hits)
+            rates[(label, paranoia)] = r
+            lines.append(_fmt(label, r))
         if paranoia == 1:
-            lines.append("  per rule (detected/cases): " + ", ".join(
+            per_rule: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            for c in cases:
+                if c["expect"] == "block":
+                    per_rule[c["rule"]][0] += hits[(c["rule"], c["test"])]
+                    per_rule[c["rule"]][1] += 1
+            lines.append("  per rule at paranoia 1 (detected/cases): " + ", ".join(
                 f"{rule}: {d}/{t}" for rule, (d, t) in sorted(per_rule.items())))
-            lines.append("  missed at paranoia 1: " + " ".join(missed))
-    genuine = [c for c in cases if c["expect"] == "pass"
-               and (c["rule"], c["test"]) not in ATTACKS_AMONG_PASS]
-    benign_ok = sum(
-        1 for c in genuine if not any(sqli.inspect(v) is not None for v in values(c)))
-    lines.append(f"  should-pass cases that are not attacks: {benign_ok}/{len(genuine)} pass "
-                 f"at paranoia 1")
+            lines.append("  CRS-PL1 cases missed at paranoia 1: " + " ".join(
+                f"{c['rule']}-{c['test']}" for c in cases
+                if c["paranoia"] == 1 and c["expect"] == "block"
+                and not hits[(c["rule"], c["test"])]))
     with capsys.disabled():
         print("\n" + "\n".join(lines))
-    # The issue's floor at paranoia 1: at least 98% of the should-block cases detected.
-    assert rates[1][0] >= 0.98
-    assert rates[2][0] >= rates[1][0]
-    assert benign_ok == len(genuine)
+    # The issue's floor, on the cases of the rules CRS runs at its paranoia level 1: at least
+    # 98% of the should-block cases detected at paranoia 1, and at least 95% of the should-pass
+    # cases passing -- asserted over the benign ones, because three of the 28 raw should-pass
+    # cases are attacks (ATTACKS_AMONG_PASS) that a detector must flag.
+    blocked, nb, _, _, benign_ok, nbenign = rates[("CRS-PL1 rules", 1)]
+    assert blocked / nb >= 0.98
+    assert benign_ok / nbenign >= 0.95
+    # On all cases, benign should-pass cases keep passing at paranoia 1.
+    _, _, _, _, benign_ok, nbenign = rates[("all 942 cases", 1)]
+    assert benign_ok / nbenign >= 0.95
+    # Higher paranoia never detects less.
+    for label in subsets:
+        if label != "CRS-PL<=n rules":
+            for p in (2, 3, 4):
+                assert rates[(label, p)][0] >= rates[(label, p - 1)][0]
