@@ -212,3 +212,40 @@ def test_targeted_rules_flag_with_reason(value: str, reason: str) -> None:
 )
 def test_targeted_rules_leave_prose_alone(value: str) -> None:
     assert sqli.inspect(value) is None, sqli.inspect(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "HAVING 1>1",
+        " HAVING COUNT(CustomerID) > 5",
+        "AND 2771=1709)",
+        "pay=AND 2771=1709)",
+        "xor 2 <",
+        "test' or 1=",
+        ") AS orders FROM",
+        "FROM `information_schema`.tables limit",
+        "execute php",
+        "concat (",
+        "1=1",
+        "11!=1",
+        "xp_cmdshell",
+        "\u2018 or 1=1-- -",
+        "\\'or'1",
+        "DROP sampletable;--",
+    ],
+)
+def test_paranoia_2_fragments(value: str) -> None:
+    """SQL fragments CRS flags at its paranoia level 2: flagged from Garrison's paranoia 2."""
+    finding = sqli.inspect(value, paranoia=2)
+    assert finding is not None, value
+    assert finding.reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["having fun", "div role=\"button\"", "exec summary template", "123<456", "11=1",
+     "order by price", "mother or daughter", "time is money", "pay=weekly"],
+)
+def test_paranoia_2_fragments_leave_prose_alone(value: str) -> None:
+    assert sqli.inspect(value, paranoia=2) is None, sqli.inspect(value, paranoia=2)

@@ -10,11 +10,23 @@ after ``;``, a comment that truncates the rest of the query, a clause (``ORDER B
 ``INTO OUTFILE``) glued to the value, or calls of time-delay, file and system functions.
 Functions are matched on tokens, never substrings: ``sleep_hours`` is a word, ``sleep(5)`` a call.
 
+Besides these shapes, paranoia 1 has a few narrow rules for what the OWASP CRS rules of its
+paranoia level 1 catch without a full SQL shape, each with its own reason: a whole value that is
+a system catalog or database name (``pg_catalog``, ``tempdb``), an integer/float overflow
+boundary (``4294967296``), a MongoDB operator (``$ne``, ``u_id[$where]``), MySQL's ``1.e(``
+number gluing, an unclosed ``database(``, ``CASE WHEN ... THEN``, ``) LIKE (``, ``IF(2=``,
+``DIV(23,-2)``, a leading ``;truncate t``, and short shapes right after the closing quote
+(``'!x``, ``'select x``, `` ` REGEXP``, ``x';``).
+
 Paranoia levels (1..4) trade false positives for reach: 1 is tuned to flag almost no ordinary
-text; 2 also flags bare-operand logic on numbers (``1 or 1``), comments after a value and
-information functions such as ``version()`` on their own; 3 also decodes one level of
-percent-encoding and flags any SQL function call with SQL arguments and ``SELECT ... FROM``
-anywhere; 4 flags any quote break-out followed by SQL syntax.
+text; 2 also flags bare-operand logic on numbers (``1 or 1``), comments after a value,
+information functions such as ``version()`` on their own, curly and escaped quotes (U+2018,
+``\\'``) read as quotes, the part after a ``key=`` prefix, and SQL fragments (a value opening
+with ``HAVING 1>``, ``OR 1 <``, ``FROM t LIMIT``, ``) AS c FROM``, ``EXECUTE x``; an unclosed
+``concat(``; a constant tautology ``1=1``; SQL Server/Oracle system procedure names); 3 also
+decodes one level of percent-encoding, flags any SQL function call with SQL arguments,
+``SELECT ... FROM`` anywhere, function names hidden behind punctuation (``length||(``) and SQL
+operators on their own; 4 flags any quote break-out followed by SQL syntax.
 """
 
 from __future__ import annotations
@@ -80,6 +92,35 @@ _PG_TYPES: Final = words(
 )
 _ALTER_ACTIONS: Final = words("ADD CHANGE DROP MODIFY RENAME ALTER OWNER DISABLE ENABLE")
 _END: Final = Token("", "")
+_PAIR: Final = re.compile(r"[A-Za-z_][\w.\[\]-]{0,63}=")
+_QUOTE_FOLD: Final = str.maketrans({"\u2018": "'", "\u2019": "'", "\uff07": "'"})
+_ESCAPED_QUOTE: Final = re.compile(r"\\+(['\"`])")
+# Names whose mere mention in a value is an attack at paranoia 2: SQL Server extended and
+# system procedures, Oracle packages and OLE DB providers (CRS rules 942470, 942480).
+_PROCEDURES: Final = words(
+    """
+    XP_CMDSHELL XP_DIRTREE XP_FILEEXIST XP_REGREAD XP_REGWRITE XP_REGDELETEKEY XP_REGENUMKEYS
+    XP_SERVICECONTROL XP_AVAILABLEMEDIA XP_MAKECAB XP_NTSEC_ENUMDOMAINS XP_TERMINATE_PROCESS
+    XP_LOGINCONFIG XP_FILELIST XP_ENUMDSN XP_EXECRESULTSET SP_EXECUTESQL SP_PASSWORD
+    SP_OACREATE SP_MAKEWEBTASK SP_ADDEXTENDEDPROC SP_REPLWRITETOVARBIN SP_EXECUTE SP_PREPARE
+    SP_IS_SRVROLEMEMBER UTL_HTTP UTL_FILE UTL_INADDR OPENROWSET OPENQUERY OPENDATASOURCE
+    OPENOWA_UTIL DBMS_JAVA AUTONOMOUS_TRANSACTION MSDASQL SQLOLEDB SYS_CONTEXT
+    """
+)
+# Extra SQL function names for the unclosed-call fragment rule (CRS rule 942410).
+_MORE_FUNCTIONS: Final = words(
+    """
+    ABS ACOS ASIN ATAN ATAN2 COS COT SIN TAN PI LN LOG10 LOG2 SIGN DEGREES RADIANS DATE DAY
+    DAYNAME DAYOFMONTH DAYOFWEEK DAYOFYEAR TIME HOUR MINUTE SECOND MONTH MONTHNAME YEAR
+    QUARTER WEEK WEEKDAY DEFAULT LOCAL PASSWORD VALUES INSERT TRUNCATE MAX MIN TRIM STRCMP
+    SUBSTR SUBSTRING SYSDATE UPPER LOWER VERSION XMLTYPE UPDATEXML UNHEX UNCOMPRESS
+    """
+)
+_LONE_OPERATORS: Final = words(
+    "= == != <> < > <= >= <=> >> << || && XOR RLIKE REGEXP LIKE ILIKE GLOB IS NULL NOT"
+)
+_TAUTOLOGY_EQ: Final = words("= == <=> LIKE GLOB REGEXP RLIKE")
+_TAUTOLOGY_NE: Final = words("!= <>")
 # System databases, catalogs and sample schemas that only an attacker probing the database sends
 # as a whole value (``?table=pg_catalog``); as words inside prose they are left to paranoia 2.
 _SYSTEM_OBJECTS: Final = _CATALOGS | words(
@@ -144,6 +185,19 @@ def inspect(value: str | bytes, paranoia: int = 1) -> Finding | None:
         return None
     value = value[:MAX_INPUT]
     finding = _inspect_text(value, paranoia)
+    if finding is None and paranoia >= 2:
+        # Quotes a charset conversion or a double-unescaping application turns into real ones:
+        # U+2018/U+2019/U+FF07 become ', and \' \" \` lose their backslash (CRS 942440/942522).
+        normal = value.translate(_QUOTE_FOLD)
+        if "\\" in normal:
+            normal = _ESCAPED_QUOTE.sub(r"\1", normal)
+        if normal != value:
+            finding = _inspect_text(normal, paranoia)
+        pair = _PAIR.match(value)
+        if finding is None and pair and pair.end() < len(value):
+            # ``pay=AND 1=1`` arriving as one value (an encoded ``=`` in a parameter name, a
+            # query string inside a value): judge what follows the key on its own as well.
+            finding = _inspect_text(value[pair.end() :], paranoia)
     if finding is None and paranoia >= 3 and "%" in value:
         decoded = urllib.parse.unquote_plus(value)
         if decoded != value:
@@ -165,11 +219,127 @@ def _inspect_text(value: str, paranoia: int) -> Finding | None:
             continue  # the whole input stays inside the string literal
         toks = tokenize(quote + value)
         hit = _anywhere(toks, paranoia) or _breakout(toks, quote, paranoia)
+        if hit is None and paranoia >= 2:
+            hit = _fragments(toks, quote, paranoia)
         if hit is not None:
             reason, at = hit
             fp = "".join(t.type for t in toks)[:16]
             evidence = " ".join(t.text for t in toks[max(0, at - 2) : at + 4])[:120]
             return Finding(fp, context, reason, evidence, paranoia)
+    return None
+
+
+def _fragments(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] | None:
+    """Paranoia 2 and up: pieces of SQL that are not a complete injection but that only SQL
+    produces -- a value that starts with ``HAVING``, ``FROM t LIMIT``, ``EXECUTE x``,
+    ``) AS c FROM``, ``OR 1 <``; an unclosed call ``concat(``; a constant tautology ``1=1``;
+    the name of a system procedure (CRS's paranoia-2 rules 942120-942480)."""
+    n = len(toks)
+    if n == 0:
+        return None
+    for i, t in enumerate(toks):
+        if t.type == "n" and t.text.strip("`'\"").upper() in _PROCEDURES:
+            return f"system procedure name {t.text}", i
+        if t.type == "f" and i + 1 < n and toks[i + 1].type == "(" and (
+            _known(t.text) or t.text in _MORE_FUNCTIONS
+        ) and _match_paren(toks, i + 1) == n - 1 and toks[-1].type != ")":
+            return f"unclosed call of SQL function {t.text}(", i
+    if quote:
+        first = toks[1] if n > 1 else _END
+        if first.type == "&":
+            j = _skip_i(toks, 2, "o")
+            if j + 1 < n and toks[j].type in _OPERAND and toks[j + 1].type == "o":
+                return f"logic operator {first.text} with a dangling comparison", 1
+            if j < n and toks[j].type == "c" and _strong_comment(toks[j].text):
+                return f"logic operator {first.text} cut by a comment", 1
+        if first.text in ("ALTER", "UNION") and len(toks[0].text) == 2 and n > 2 and (
+            toks[2].type not in "sc" and toks[-1].type != "s"
+        ):
+            return f"{first.text} right after the closed string", 1
+        return None
+    head = toks[0]
+    second = toks[1] if n > 1 else _END
+    third = toks[2] if n > 2 else _END
+    if head.type == "&" or head.text in ("DIV", "LIKE"):
+        j = _skip_i(toks, 1, "(")
+        nxt = toks[j] if j < n else _END
+        after = toks[j + 1] if j + 1 < n else _END
+        if head.type != "&" and nxt.type != "1":
+            pass  # ``div role="x"`` is HTML
+        elif nxt.type in _OPERAND and (after.type == "o" or (
+            nxt.type == "1" and (after is _END or (
+                after.type == "c" and _strong_comment(after.text)))
+        )):
+            return f"value opens with {head.text} and a comparison", 0
+    for i in range(n - 1):
+        if toks[i].type == "&" and i > 0 and toks[i + 1].type == "c" and _strong_comment(
+            toks[i + 1].text
+        ):
+            return f"logic operator {toks[i].text} cut by a comment", i
+    if head.text == "DROP" and second.type == "n" and (
+        third is _END or third.type in ";c"
+    ) and (n > 2 or any(t.type == "c" for t in toks)):
+        return "DROP of a name", 0
+    if paranoia >= 3 and head.type in "nf" and (
+        _known(head.text) or head.text in _MORE_FUNCTIONS
+    ) and n >= 3 and toks[-1].type == "(" and all(t.type in "oX&).;c(" for t in toks[1:]):
+        return f"call of SQL function {head.text} hidden behind punctuation", 0
+    if head.text == "HAVING":
+        end, flags = _expr(toks, 1)
+        if second is _END or second.type in "(f" or (
+            second.type in "1s" and ((end > 0 and flags & _OP) or third.type == "o")
+        ):
+            return "HAVING clause fragment", 0
+    if head.text in ("EXECUTE", "EXEC") and second.type in "nf(" and n <= 2:
+        return f"{head.text} of a procedure", 0
+    if head.text == "FROM" and second.type in "n(":
+        k = 2
+        while k < n and toks[k].type in ".n":
+            k += 1
+        if k < n and toks[k].text in ("LIMIT", "WHERE", "GROUP BY", "ORDER BY", "HAVING"):
+            return f"FROM ... {toks[k].text} fragment", 0
+    if head.type == "B" and head.text in ("ORDER BY", "GROUP BY") and n <= 2 and (
+        second is _END or second.type == "1"
+    ):
+        return f"{head.text} fragment", 0
+    if head.type == ")" and second.text == "AS" and third.type in "ns" and n > 3 and (
+        toks[3].text == "FROM"
+    ):
+        return "column alias ... FROM fragment", 0
+    if head.text in ("IN", "VALUES") and second.type == "(" and third.type in "1s":
+        return f"{head.text} (list) fragment", 0
+    if head.type in ")" and second.text == "WHEN" and _expr(toks, 2)[0] > 0 and (
+        toks[_expr(toks, 2)[0]].text == "THEN" if _expr(toks, 2)[0] < n else False
+    ):
+        return "CASE ... WHEN ... THEN fragment", 0
+    if head.type in "1s" and second.type == "o":
+        hit = _tautology(toks)
+        if hit:
+            return hit, 0
+    if paranoia >= 3 and all(t.type in "o&" or t.text in _LONE_OPERATORS for t in toks) and (
+        any(t.text in _LONE_OPERATORS for t in toks)
+    ):
+        return "SQL operator on its own", 0
+    return None
+
+
+def _tautology(toks: list[Token]) -> str | None:
+    """``1=1``, ``42 like 42``, ``11!=1``, ``'1' not regexp '2'``: a comparison of two constants
+    that is always true (CRS rules 942130/942131)."""
+    n = len(toks)
+    k = 1
+    ops = []
+    while k < n and toks[k].type == "o":
+        ops.append(toks[k].text)
+        k += 1
+    if k != n - 1 or toks[k].type not in "1s" or not ops:
+        return None
+    left, right = toks[0].text.strip("'\""), toks[k].text.strip("'\"")
+    op = " ".join(ops)
+    if op in _TAUTOLOGY_EQ and left == right:
+        return f"constant tautology {toks[0].text} {op} {toks[k].text}"
+    if (op in _TAUTOLOGY_NE or op in ("IS NOT", "NOT REGEXP", "NOT LIKE")) and left != right:
+        return f"constant tautology {toks[0].text} {op} {toks[k].text}"
     return None
 
 
@@ -184,6 +354,9 @@ def _whole_value(value: str, paranoia: int) -> Finding | None:
     if name in _SYSTEM_OBJECTS:
         return Finding("n", "value", f"system database/catalog name {name} as the value",
                        bare[:120], paranoia)
+    if paranoia >= 2 and name in _PROCEDURES:
+        return Finding("n", "value", f"system procedure name {name} as the value", bare[:120],
+                       paranoia)
     if "$" in value and _NOSQL.search(value):
         return Finding("X", "value", "MongoDB query operator (NoSQL injection)", value[:120],
                        paranoia)
@@ -457,7 +630,8 @@ def _select(toks: list[Token], i: int, paranoia: int, after_semicolon: bool) -> 
         if tk.type in ",f":
             listed = True
         if tk.text == "FROM":
-            if not (opening or paranoia >= 3) or k + 1 >= n or toks[k + 1].type not in "n(":
+            table = _skip(toks, k + 1, "c")
+            if not (opening or paranoia >= 3) or table.type not in "n(":
                 return None
             if listed:
                 return "SELECT ... FROM query"
