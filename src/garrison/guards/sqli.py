@@ -363,7 +363,7 @@ def _whole_value(value: str, paranoia: int) -> Finding | None:
     if "." in value and _SCI_NOTATION.search(value):
         return Finding("1", "value", "MySQL scientific-notation gluing 1.e", value[:120],
                        paranoia)
-    if _ALIAS_FROM.search(value):
+    if "from" in value.lower() and _ALIAS_FROM.search(value):
         return Finding("1ksk", "value", "number AS quoted alias FROM", value[:120], paranoia)
     return None
 
