@@ -176,9 +176,11 @@ def test_crs_942_by_paranoia_level(capsys: pytest.CaptureFixture[str]) -> None:
     blocked, nb, _, _, benign_ok, nbenign = rates[("CRS-PL1 rules", 1)]
     assert blocked / nb >= 0.98
     assert benign_ok / nbenign >= 0.95
-    # On all cases, benign should-pass cases keep passing at paranoia 1.
-    _, _, _, _, benign_ok, nbenign = rates[("all 942 cases", 1)]
+    # On all cases, benign should-pass cases keep passing at paranoia 1; detection of all cases
+    # at paranoia 1 (most of them are for CRS's paranoia 2-4 rules) is held at its measure.
+    blocked, nb, _, _, benign_ok, nbenign = rates[("all 942 cases", 1)]
     assert benign_ok / nbenign >= 0.95
+    assert blocked / nb >= 0.46
     # Regression floors at the measured figures for the higher levels, on the cases of the rules
     # CRS itself runs at that level (CRS-PL<=n).
     for p, floor in ((2, 0.83), (3, 0.86), (4, 0.87)):

@@ -308,10 +308,10 @@ def _fragments(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] 
         return "column alias ... FROM fragment", 0
     if head.text in ("IN", "VALUES") and second.type == "(" and third.type in "1s":
         return f"{head.text} (list) fragment", 0
-    if head.type in ")" and second.text == "WHEN" and _expr(toks, 2)[0] > 0 and (
-        toks[_expr(toks, 2)[0]].text == "THEN" if _expr(toks, 2)[0] < n else False
-    ):
-        return "CASE ... WHEN ... THEN fragment", 0
+    if head.type == ")" and second.text == "WHEN":
+        end = _expr(toks, 2)[0]
+        if 0 < end < n and toks[end].text == "THEN":
+            return "CASE ... WHEN ... THEN fragment", 0
     if head.type in "1s" and second.type == "o":
         hit = _tautology(toks)
         if hit:
@@ -656,7 +656,7 @@ def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] |
     hflags = 0
     if quote:
         head, i = toks[0], 1
-        hit = _after_quote(toks, quote, paranoia)
+        hit = _after_quote(toks, quote)
         if hit:
             return hit, 1
     else:
@@ -734,7 +734,7 @@ def _breakout(toks: list[Token], quote: str, paranoia: int) -> tuple[str, int] |
     return None
 
 
-def _after_quote(toks: list[Token], quote: str, paranoia: int) -> str | None:
+def _after_quote(toks: list[Token], quote: str) -> str | None:
     """Short shapes right after the quote that closes the value (CRS rules 942100, 942190,
     942360, 942540): ``'!x``, ``'select x``, `` ` REGEXP``, ``' sleep(...)``, ``x';`` at the
     end, and ``" | ... | "`` concatenation that re-opens the string."""
