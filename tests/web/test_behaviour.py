@@ -8,6 +8,7 @@ import random
 import pytest
 
 from garrison.bus import EventBus
+from garrison.store.base import CheckRequest
 from garrison.web.behaviour import History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
 from garrison.web.engine import WebEngine
@@ -155,3 +156,34 @@ def test_options_reject_unknown_and_bad_values() -> None:
     with pytest.raises(ValueError, match="expected an address"):
         WebEngine(WebOptions(trusted_proxies=["not-an-ip"], bus=EventBus()))
     assert WebOptions(route_thresholds={"/login": 0.3, "/": 0.7}).threshold_for("/login/x") == 0.3
+
+
+def _crowd(adaptive: bool) -> tuple[int, WebEngine]:
+    """30 well-behaved clients at ~1.5 req/s against a configured limit of 1 req/s."""
+    now = [T0]
+    eng = WebEngine(WebOptions(clock=lambda: now[0], bus=EventBus(), rate=1.0, burst=20.0,
+                               threshold=1.0, session_threshold=1.0,
+                               adaptive_limits=adaptive))
+    rng = random.Random(3)
+    refused = 0
+    for _ in range(120 * 30 * 3 // 2):  # two simulated minutes
+        now[0] += 1 / 45  # 45 req/s over 30 clients
+        c = rng.randrange(30)
+        client = eng.identify(f"198.51.100.{c + 1}", {})
+        pre = eng.precheck(client, now[0])
+        decision = (eng.decide(client, eng.store.check(pre), now[0])
+                    if isinstance(pre, CheckRequest) else pre)
+        if decision.allowed:
+            eng.after(client, f"/page/{rng.randrange(50)}", 200, 1000, now[0])
+        else:
+            refused += 1
+    return refused, eng
+
+
+def test_limits_adjust_to_the_observed_baseline_but_only_upwards_and_capped() -> None:
+    fixed, _ = _crowd(adaptive=False)
+    adaptive, eng = _crowd(adaptive=True)
+    assert fixed > 100  # 1.5 req/s against 1 req/s: the fixed limit bites
+    assert adaptive < fixed / 10
+    assert 1.0 < eng.rate_scale <= 2.0  # raised, within max_rate_scale
+    assert eng.baseline_rpm > 60

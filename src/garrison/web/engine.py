@@ -191,6 +191,8 @@ class WebEngine:
         self.dropped_bans = 0
         self._warned_forwarding = False
         self._last_error_log = -1e18
+        self.baseline_rpm = 0.0
+        self._cost = 1.0
         self._unlogged_errors = 0
         self._addr_cache: dict[tuple[str | None, str | None], _Where] = {}
         # Header names the adapters should collect for identify() (lower case).
@@ -278,7 +280,8 @@ class WebEngine:
         if client.session and client.travel:
             binding = Binding(client.session, client.travel, client.agent,
                               ban=self.options.travel_ban, window=self.options.travel_window)
-        return CheckRequest(now=now, identities=client.identities, binding=binding, bans=bans)
+        return CheckRequest(now=now, identities=client.identities, binding=binding, bans=bans,
+                            cost=self._cost)
 
     def decide(self, client: Client, result: CheckResult, now: float) -> Decision:
         """Turn the store's answer into a decision; emit events for escalations."""
@@ -374,6 +377,8 @@ class WebEngine:
                 sess_risk = ss.risk
             known = [r for r in (ip_risk, sess_risk) if r is not None]
             final = sum(known) / len(known) if known else None
+            if ip_feat is not None and final is not None and final < o.threshold:
+                self._learn_baseline(ip_feat.rpm)
             targets: list[str] = []
             if final is not None and final >= o.threshold_for(path) and client.key:
                 targets.append(client.key)
@@ -403,6 +408,26 @@ class WebEngine:
             self._emit(Event(BOT_BLOCKED, now, Severity.HIGH, source_ip=client.ip,
                              detail=detail, message=f"bot blocked: {client.ip}"))
         self.metrics.scoring(time.perf_counter() - t0)
+
+    def _learn_baseline(self, rpm: float) -> None:
+        """Fold one client's request rate (per minute) into the baseline and rescale limits.
+
+        The baseline is an exponentially weighted mean of the rates of clients that were
+        scored and not judged bots. When ``adaptive_limits`` is on, every identity's rate limit
+        is at least ``baseline_headroom`` times the baseline rate, up to ``max_rate_scale``
+        times the configured rate; it never drops below the configured rate, so nobody can
+        talk the limits down, and talking them up is capped.
+        """
+        self.baseline_rpm += 0.02 * (rpm - self.baseline_rpm)
+        o = self.options
+        if o.adaptive_limits:
+            wanted = o.baseline_headroom * self.baseline_rpm / 60.0 / self.store.policy.rate
+            self._cost = 1.0 / max(1.0, min(wanted, o.max_rate_scale))
+
+    @property
+    def rate_scale(self) -> float:
+        """How far the adaptive baseline has raised the rate limits (1.0: not at all)."""
+        return 1.0 / self._cost
 
     def internal_error(self, exc: BaseException) -> None:
         """A failure inside the middleware itself: the request passes (fail open), the error is

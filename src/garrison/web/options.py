@@ -26,7 +26,9 @@ class WebOptions:
     blocks), ``route_thresholds`` (path prefix -> threshold, longest prefix wins),
     ``min_requests`` / ``min_span`` (history needed before judging), ``window`` (seconds of
     history that count), ``ip_weights`` / ``session_weights``, ``bot_ban`` (first ban, doubled
-    per repeat offence). Rate limits: ``rate``, ``burst`` or a whole ``limit_policy``.
+    per repeat offence). Rate limits: ``rate``, ``burst`` or a whole ``limit_policy``;
+    ``adaptive_limits`` raises them to ``baseline_headroom`` times the typical client's rate,
+    at most ``max_rate_scale`` times the configured one.
     Identity: ``trusted_proxies`` (CIDRs whose forwarding header is believed),
     ``forwarded_header``, ``ipv4_prefix`` / ``ipv6_prefix`` (grouping), ``session_cookie`` /
     ``session_header``, ``api_key_header``. Hijack: ``travel_tolerance`` ("prefix": same
@@ -58,6 +60,9 @@ class WebOptions:
     rate: float = 10.0
     burst: float = 50.0
     limit_policy: LimitPolicy | None = None
+    adaptive_limits: bool = True
+    baseline_headroom: float = 4.0
+    max_rate_scale: float = 2.0
     trusted_proxies: Iterable[str] = ()
     forwarded_header: str = "x-forwarded-for"
     ipv4_prefix: int = 32
@@ -107,6 +112,8 @@ class WebOptions:
                      "store_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.baseline_headroom <= 0 or self.max_rate_scale < 1:
+            raise ValueError("baseline_headroom must be > 0 and max_rate_scale >= 1")
         if self.max_ips < 16 or self.max_sessions < 16 or self.max_body < 0:
             raise ValueError("max_ips and max_sessions must be >= 16, max_body >= 0")
         if self.on_block is not None and not callable(self.on_block):
