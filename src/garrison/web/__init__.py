@@ -10,11 +10,13 @@ from __future__ import annotations
 from garrison.web.asgi import GarrisonMiddleware
 from garrison.web.engine import Client, Decision, WebEngine
 from garrison.web.options import WebOptions
+from garrison.web.reputation import CorrelateReputation
 from garrison.web.verdict import ReputationSource, Verdict
 from garrison.web.wsgi import GarrisonWSGIMiddleware
 
 __all__ = [
     "Client",
+    "CorrelateReputation",
     "Decision",
     "GarrisonMiddleware",
     "GarrisonWSGIMiddleware",
