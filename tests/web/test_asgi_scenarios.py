@@ -316,3 +316,25 @@ def test_middleware_failures_fail_open(serve_asgi: Callable[[Any], str],
     flask.wsgi_app.engine.store = BrokenStore()
     with httpx.Client(timeout=10) as http:
         assert http.get(serve_wsgi(flask) + "/page/1").status_code == 200
+
+
+def test_api_key_is_an_identity_with_its_own_limit(site: Callable[..., Site]) -> None:
+    s = site(api_key_header="x-api-key", rate=1.0, burst=5.0, adaptive_limits=False)
+    codes = []
+    for i in range(10):  # one key, ten different addresses
+        r = s.http.get(s.base + "/api/status", headers={"x-forwarded-for": f"198.51.100.{i + 1}",
+                                                         "x-api-key": "k-123"})
+        codes.append(r.status_code)
+    assert codes[:5] == [200] * 5 and 429 in codes[5:]
+    r = s.http.get(s.base + "/api/status", headers={"x-forwarded-for": "198.51.100.50",
+                                                     "x-api-key": "k-456"})
+    assert r.status_code == 200
+
+
+def test_session_bound_to_user_agent_when_asked(site: Callable[..., Site]) -> None:
+    s = site(bind_user_agent=True, session_header="x-session")
+    h = {"x-forwarded-for": "198.51.100.9", "x-session": "tok", "user-agent": "Firefox/128"}
+    assert s.http.get(s.base + "/page/1", headers=h).status_code == 200
+    h2 = {**h, "user-agent": "python-requests/2.31"}
+    r = s.http.get(s.base + "/page/2", headers=h2)
+    assert r.status_code == 429 and r.json()["reason"] == "impossible-travel"
