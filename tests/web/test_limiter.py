@@ -216,3 +216,16 @@ def test_session_moving_after_a_quiet_window_is_not_travel(store: LimitStore) ->
     assert ask(store, T0 + 301, "s:m", binding=phone)[0]
     allowed, reason, _, _ = ask(store, T0 + 302, "s:m", binding=wifi)  # and back in 1 s: no
     assert not allowed and reason == TRAVEL
+
+
+def test_async_store_survives_a_new_event_loop(redis_server: RedisServer) -> None:
+    """A store created once and used from successive event loops (as in tests or reloads)."""
+    import asyncio
+
+    from garrison.store.redis import RedisStore
+
+    s = RedisStore(redis_server.url, POLICY, timeout=0.5)
+    for i in range(3):
+        r = asyncio.run(s.acheck(CheckRequest(now=T0, identities=(f"ip:loop{i}",))))
+        assert r.allowed and not r.degraded
+    s.close()

@@ -390,11 +390,14 @@ class Pipeline:
 
     def _reset(self, exc: StoreError, from_reader: bool = False) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
         task, self._reader_task = self._reader_task, None
-        if task is not None and not from_reader:
-            task.cancel()
+        try:
+            if writer is not None:
+                writer.close()
+            if task is not None and not from_reader:
+                task.cancel()
+        except RuntimeError:  # the loop they belonged to is closed: nothing left to release
+            pass
         self._buf.clear()
         while self._fifo:
             fut = self._fifo.popleft()
