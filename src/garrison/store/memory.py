@@ -80,15 +80,16 @@ class MemoryStore(LimitStore):
 
     # -- the algorithm ----------------------------------------------------------------------
     def _state(self, identity: str, now: float) -> _State:
-        st = self._ids.get(identity)
+        ids = self._ids
+        st = ids.get(identity)
         if st is None or st.expires <= now:
             st = _State(self.policy.initial_trust)
-            self._ids[identity] = st
-            if len(self._ids) > self.max_identities:
-                self._ids.popitem(last=False)
+            ids[identity] = st
+            if len(ids) > self.max_identities:
+                ids.popitem(last=False)
                 self.evicted += 1
         else:
-            self._ids.move_to_end(identity)
+            ids.move_to_end(identity)
         return st
 
     def _touch(self, st: _State, now: float) -> None:
@@ -148,12 +149,19 @@ class MemoryStore(LimitStore):
             new_tats.append(tat)
         if refused is None:
             low = 1.0 if states else p.initial_trust
+            gain = p.trust_gain
+            keep = now + p.idle_ttl
             for (_, st), tat in zip(states, new_tats, strict=True):
                 st.tat = tat
-                st.trust = min(1.0, st.trust + p.trust_gain)
-                self._touch(st, now)
-                low = min(low, st.trust)
-            return CheckResult(True, trust=low, ban_until=ban_until)
+                trust = st.trust + gain
+                st.trust = trust = trust if trust < 1.0 else 1.0
+                if st.offences:
+                    self._touch(st, now)
+                elif keep > st.expires:  # no standing ban here: idle expiry is all that counts
+                    st.expires = keep
+                if trust < low:
+                    low = trust
+            return CheckResult(True, None, 0.0, low, None, None, None, False, ban_until)
         ident, st, wait = refused
         st.trust = max(0.0, st.trust - p.trust_loss)
         if now - st.wstart > p.strike_window:

@@ -221,11 +221,13 @@ class WebEngine:
             agent = _hash("", headers.get(USER_AGENT, ""))
         session = _hash("s:", session_raw) if session_raw else None
         api_key = _hash("k:", api_raw) if api_raw else None
-        return Client(
-            ip=where[0], key=where[1], travel=where[2], session=session, api_key=api_key,
-            agent=agent, allowlisted=where[3],
-            identities=tuple(i for i in (where[1], session, api_key) if i),
-        )
+        key = where[1]
+        if api_key is None:
+            identities: tuple[str, ...] = ((key, session) if key and session
+                                           else (key,) if key else (session,) if session else ())
+        else:
+            identities = tuple(i for i in (key, session, api_key) if i)
+        return Client(where[0], key, where[2], session, api_key, agent, where[3], identities)
 
     def _resolve(self, peer: str | None, fwd: str | None) -> _Where:
         """Address, group key, travel group and allowlisting of a (peer, header) pair, cached
@@ -275,13 +277,15 @@ class WebEngine:
                 hit = self.bans.get(ident, now)
                 if hit is not None and hit[0] > now:
                     return self._refuse(client, hit[1], hit[0] - now, 429, None, now)
-            bans, self._pending = tuple(self._pending), []
+            bans: tuple[PendingBan, ...] = ()
+            if self._pending:
+                bans, self._pending = tuple(self._pending), []
         binding = None
         if client.session and client.travel:
-            binding = Binding(client.session, client.travel, client.agent,
-                              ban=self.options.travel_ban, window=self.options.travel_window)
-        return CheckRequest(now=now, identities=client.identities, binding=binding, bans=bans,
-                            cost=self._cost)
+            o = self.options
+            binding = Binding(client.session, client.travel, client.agent, o.travel_session_ttl,
+                              o.travel_ban, o.travel_window)
+        return CheckRequest(now, client.identities, binding, bans, self._cost)
 
     def decide(self, client: Client, result: CheckResult, now: float) -> Decision:
         """Turn the store's answer into a decision; emit events for escalations."""

@@ -34,6 +34,7 @@ class WebOptions:
     ``session_header``, ``api_key_header``. Hijack: ``travel_tolerance`` ("prefix": same
     ``travel_ipv4_prefix`` / ``travel_ipv6_prefix``, "exact", "off"), ``bind_user_agent``,
     ``travel_window`` (a move after this many quiet seconds is a move, not travel),
+    ``travel_session_ttl`` (how long a quiet session stays bound),
     ``travel_ban``. Verdict: ``reputation``, ``trust_weights``, ``min_trust``. Behaviour:
     ``dry_run``, ``allowlist``, ``exempt_paths``, ``on_block``, ``bus``, ``clock``,
     ``metrics_path``. SQL: ``sql_firewall``, ``sql_paranoia``, ``sql_exempt_paths``,
@@ -76,6 +77,7 @@ class WebOptions:
     bind_user_agent: bool = False
     travel_ban: float = 600.0
     travel_window: float = 60.0
+    travel_session_ttl: float = 86400.0
     trust_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_TRUST_WEIGHTS)
     )
@@ -109,7 +111,7 @@ class WebOptions:
         if self.min_requests < 3:
             raise ValueError(f"min_requests must be >= 3, got {self.min_requests!r}")
         for name in ("min_span", "window", "bot_ban", "travel_ban", "travel_window",
-                     "store_timeout"):
+                     "travel_session_ttl", "store_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.baseline_headroom <= 0 or self.max_rate_scale < 1:

@@ -59,12 +59,13 @@ def fuse(*, bot_risk: float | None, reputation: float | None, honeypot_hits: int
         parts["honeypot"] = 1.0 - min(honeypot_hits / HONEYPOT_FULL, 1.0)
     if rate_trust is not None:
         parts["rate"] = rate_trust
-    total = sum(weights.get(k, 0.0) for k in parts)
-    trust = sum(v * weights.get(k, 0.0) for k, v in parts.items()) / total if total else 0.5
+    total = acc = 0.0
+    for k, v in parts.items():
+        w = weights.get(k, 0.0)
+        total += w
+        acc += v * w
+    trust = acc / total if total else 0.5
     if blocklisted:
         trust = min(trust, blocklist_cap)
-    return Verdict(
-        trust=max(0.0, min(trust, 1.0)), bot_risk=bot_risk, reputation=reputation,
-        honeypot_hits=honeypot_hits, rate_trust=rate_trust, blocklisted=blocklisted,
-        components=parts,
-    )
+    return Verdict(max(0.0, min(trust, 1.0)), bot_risk, reputation, honeypot_hits, rate_trust,
+                   blocklisted, parts)
