@@ -141,14 +141,14 @@ def replay(
     routes = engine._routes
     from garrison.observations import Packet
 
-    detectors = routes.get(Packet, [])
+    observers = [d.observe for d in routes.get(Packet, [])]
     emit = engine.emit
     next_tick = 0.0
     n = 0
     for pkt in read_packets(path, result.stats):
         n += 1
-        for det in detectors:
-            evs = det.observe(pkt)
+        for observe in observers:
+            evs = observe(pkt)
             if evs:
                 for ev in evs:
                     emit(ev)

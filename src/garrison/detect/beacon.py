@@ -196,7 +196,7 @@ class BeaconDetector:
                 conn.established = True
             return out
         # A new flow: only those the defended host opens, to the outside, not DNS.
-        if obs.dport == 53 or obs.src not in self.home or obs.dst in self.home:
+        if obs.dport == 53 or not self.home[obs.src] or self.home[obs.dst]:
             return out
         if proto == TCP and obs.flags & (SYN | ACK | RST) != SYN:
             return out

@@ -243,8 +243,9 @@ class ExfilDetector:
         proto = p.proto
         if proto != TCP and proto != UDP:
             return []
-        src_home = p.src in self.home
-        if src_home == (p.dst in self.home):
+        home = self.home  # home[ip]: a dict lookup once the address was seen (hot path)
+        src_home = home[p.src]
+        if src_home == home[p.dst]:
             return []
         out = self._release(p.ts) if self._pending else []
         if src_home:

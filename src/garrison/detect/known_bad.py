@@ -96,11 +96,15 @@ class KnownBadDetector:
     def observe(self, obs: Packet | Connection) -> list[Event]:
         if isinstance(obs, Connection):
             return self._connection(obs)
-        home = self.home
-        src_home = obs.src in home
-        if src_home == (obs.dst in home):
+        home = self.home  # home[ip]: a dict lookup once the address was seen (hot path)
+        src_home = home[obs.src]
+        if src_home == home[obs.dst]:
             return []
         local, remote = (obs.src, obs.dst) if src_home else (obs.dst, obs.src)
+        ports = self.ports
+        if not (src_home and (obs.dport in ports or obs.sport in ports)) and \
+                not self._blocked(remote):
+            return []  # the common case: nothing to check further, nothing built
         # As seen in the packet, which is not always the direction of the connection.
         flow = (obs.src, obs.sport, obs.dst, obs.dport)
         back = (obs.dst, obs.dport, obs.src, obs.sport)
