@@ -195,6 +195,11 @@ class WebEngine:
         self._cost = 1.0
         self._unlogged_errors = 0
         self._addr_cache: dict[tuple[str | None, str | None], _Where] = {}
+        # Whole clients by the raw values they were derived from: a returning client costs one
+        # dict lookup instead of a cookie parse and two hashes (bounded like _addr_cache).
+        self._client_cache: dict[tuple[str | None, ...], Client] = {}
+        self._session_header = o.session_header.lower() if o.session_header else None
+        self._api_header = o.api_key_header.lower() if o.api_key_header else None
         # Header names the adapters should collect for identify() (lower case).
         wanted = {USER_AGENT, COOKIE, self.addresses.forwarded_header}
         for name in (o.session_header, o.api_key_header):
@@ -205,8 +210,23 @@ class WebEngine:
     # -- 1. who ----------------------------------------------------------------------------
     def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
         """The client of a request from the socket peer and its (lower-case) headers."""
-        o = self.options
         fwd = headers.get(self.addresses.forwarded_header)
+        sh, ah = self._session_header, self._api_header
+        ck = (peer, fwd, headers.get(COOKIE), headers.get(USER_AGENT),
+              headers.get(sh) if sh else None, headers.get(ah) if ah else None)
+        cached = self._client_cache.get(ck)
+        if cached is not None:
+            return cached
+        client = self._identify(peer, fwd, headers)
+        cache = self._client_cache
+        if len(cache) >= _ADDR_CACHE:
+            cache.clear()  # a flood of new clients: start over, stay bounded
+        cache[ck] = client
+        return client
+
+    def _identify(self, peer: str | None, fwd: str | None, headers: dict[str, str]) -> Client:
+        """:meth:`identify` without the cache."""
+        o = self.options
         where = self._addr_cache.get((peer, fwd))
         if where is None:
             where = self._resolve(peer, fwd)
@@ -272,14 +292,17 @@ class WebEngine:
         self.metrics.seen()
         if client.allowlisted:
             return PASS
-        with self._lock:
-            for ident in client.identities:
-                hit = self.bans.get(ident, now)
-                if hit is not None and hit[0] > now:
-                    return self._refuse(client, hit[1], hit[0] - now, 429, None, now)
-            bans: tuple[PendingBan, ...] = ()
-            if self._pending:
-                bans, self._pending = tuple(self._pending), []
+        bans: tuple[PendingBan, ...] = ()
+        banned = self.bans._data  # one dict lookup per identity for keys with no ban
+        if banned or self._pending:
+            with self._lock:
+                for ident in client.identities:
+                    if ident in banned:
+                        hit = self.bans.get(ident, now)
+                        if hit is not None and hit[0] > now:
+                            return self._refuse(client, hit[1], hit[0] - now, 429, None, now)
+                if self._pending:
+                    bans, self._pending = tuple(self._pending), []
         binding = None
         if client.session and client.travel:
             o = self.options
@@ -303,15 +326,23 @@ class WebEngine:
         if verdict.trust < self.options.min_trust:
             reason = BLOCKLIST if verdict.blocklisted else DISTRUST
             return self._refuse(client, reason, self.options.bot_ban, 403, verdict, now)
-        return Decision(allowed=True, verdict=verdict)
+        return Decision(True, None, 0.0, 200, verdict)
 
     def verdict(self, client: Client, rate_trust: float | None, now: float) -> Verdict:
         """The fused trust verdict of this client right now."""
         bot_risk = None
-        for table, key in ((self.ips, client.key), (self.sessions, client.session)):
-            st = table.peek(key) if key else None
-            if st is not None and st.risk is not None:
-                bot_risk = st.risk if bot_risk is None else max(bot_risk, st.risk)
+        key = client.key
+        if key:
+            item = self.ips._data.get(key)  # peek: read-only, no expiry bookkeeping
+            if item is not None:
+                bot_risk = item[1].risk
+        key = client.session
+        if key:
+            item = self.sessions._data.get(key)
+            if item is not None:
+                risk = item[1].risk
+                if risk is not None and (bot_risk is None or risk > bot_risk):
+                    bot_risk = risk
         rep = self.options.reputation
         reputation, hits, blocklisted = None, 0, False
         if rep is not None and client.ip is not None:
