@@ -111,7 +111,15 @@ class MemoryStore(LimitStore):
     def _check(self, req: CheckRequest) -> CheckResult:
         p, now = self.policy, req.now
         ban_until = tuple(self._apply_ban(b, now) for b in req.bans) if req.bans else ()
-        states = [(ident, self._state(ident, now)) for ident in req.identities]
+        ids = self._ids
+        states: list[tuple[str, _State]] = []
+        for ident in req.identities:  # self._state(), inlined: this is the hot path
+            st = ids.get(ident)
+            if st is None or st.expires <= now:
+                st = self._state(ident, now)
+            else:
+                ids.move_to_end(ident)
+            states.append((ident, st))
         # 1. standing bans
         for ident, st in states:
             if st.ban_until > now:
@@ -136,15 +144,19 @@ class MemoryStore(LimitStore):
                 return CheckResult(False, TRAVEL, b.ban, st.trust, EV_TRAVEL, b.session,
                                    bound[0], ban_until=ban_until)
             else:
-                self._bindings[b.session] = (bound[0], bound[1], now + b.ttl, now)
-                self._bindings.move_to_end(b.session)
+                bindings = self._bindings
+                bindings[b.session] = (bound[0], bound[1], now + b.ttl, now)
+                bindings.move_to_end(b.session)
         # 3. GCRA on every identity; all or nothing
-        tau = p.burst / p.rate  # burst in requests scales with trust, like the rate
+        rate = p.rate
+        tau = p.burst / rate  # burst in requests scales with trust, like the rate
+        cost = req.cost
         refused: tuple[str, _State, float] | None = None
         new_tats: list[float] = []
         for ident, st in states:
-            tat = max(st.tat, now) + req.cost / (p.rate * (0.5 + st.trust))
-            if tat - now > tau and refused is None:
+            tat = st.tat
+            tat = (tat if tat > now else now) + cost / (rate * (0.5 + st.trust))
+            if refused is None and tat - now > tau:
                 refused = (ident, st, tat - now - tau)
             new_tats.append(tat)
         if refused is None:

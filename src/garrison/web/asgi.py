@@ -45,6 +45,9 @@ class GarrisonMiddleware:
         self.engine = WebEngine(self.options)
         self._inspect = load_inspector() if self.options.sql_firewall else None
         self._wanted = {n.encode("latin-1"): n for n in self.engine.header_names}
+        # Per-request settings read once here, not per request.
+        self._metrics_path = self.options.metrics_path
+        self._exempt = self.engine.exempt
 
     @property
     def metrics(self) -> Any:
@@ -56,11 +59,11 @@ class GarrisonMiddleware:
             return
         eng = self.engine
         path: str = scope.get("path") or "/"
-        if self.options.metrics_path is not None and path == self.options.metrics_path:
+        if path == self._metrics_path:
             body = eng.metrics.render().encode()
             await _answer(send, 200, [("content-type", "text/plain; version=0.0.4")], body)
             return
-        if eng.is_exempt(path):
+        if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
         wanted = self._wanted  # ASGI header names are lower-case bytes already

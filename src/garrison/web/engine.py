@@ -175,8 +175,8 @@ class WebEngine:
             travel_ipv4_prefix=o.travel_ipv4_prefix, travel_ipv6_prefix=o.travel_ipv6_prefix,
         )
         self.allowlist = parse_networks(o.allowlist)
-        self.exempt = tuple(o.exempt_paths)
-        self.sql_exempt = tuple(o.sql_exempt_paths)
+        self.exempt = tuple(str(p) for p in o.exempt_paths)
+        self.sql_exempt = tuple(str(p) for p in o.sql_exempt_paths)
         self.ips: BoundedMap[_Tracked] = BoundedMap(o.max_ips, max(o.window, 600.0))
         self.sessions: BoundedMap[_Tracked] = BoundedMap(o.max_sessions, max(o.window, 600.0))
         max_ban = self.store.policy.max_ban
@@ -281,10 +281,12 @@ class WebEngine:
         return any(ip.version == n.version and ip in n for n in self.allowlist)
 
     def is_exempt(self, path: str) -> bool:
-        return any(path.startswith(p) for p in self.exempt)
+        """True when ``path`` starts with one of ``exempt_paths`` (one C call, no generator)."""
+        return bool(self.exempt) and path.startswith(self.exempt)
 
     def sql_applies(self, path: str) -> bool:
-        return self.options.sql_firewall and not any(path.startswith(p) for p in self.sql_exempt)
+        return self.options.sql_firewall and not (
+            self.sql_exempt and path.startswith(self.sql_exempt))
 
     # -- 2. before the app -----------------------------------------------------------------
     def precheck(self, client: Client, now: float) -> Decision | CheckRequest:
@@ -410,8 +412,15 @@ class WebEngine:
                     sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
                     ss.risk = sess_feat.risk(self._session_weights) if sess_feat else None
                 sess_risk = ss.risk
-            known = [r for r in (ip_risk, sess_risk) if r is not None]
-            final = sum(known) / len(known) if known else None
+            if ip_risk is None:
+                final = sess_risk
+            elif sess_risk is None:
+                final = ip_risk
+            else:
+                final = (ip_risk + sess_risk) / 2.0
+            if final is None:
+                self.metrics.scoring(time.perf_counter() - t0)
+                return  # nothing judged yet (a new key): no ban to consider
             if ip_feat is not None and final is not None and final < o.threshold:
                 self._learn_baseline(ip_feat.rpm)
             targets: list[str] = []
