@@ -187,3 +187,29 @@ def test_limits_adjust_to_the_observed_baseline_but_only_upwards_and_capped() ->
     assert adaptive < fixed / 10
     assert 1.0 < eng.rate_scale <= 2.0  # raised, within max_rate_scale
     assert eng.baseline_rpm > 60
+
+
+def test_identify_cache_tells_clients_apart_by_every_header_it_reads() -> None:
+    """The per-request client cache must key on every raw value identify() reads: a changed
+    cookie, forwarded address or user agent is a different client, never a stale one."""
+    eng = WebEngine(WebOptions(bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                               bind_user_agent=True))
+    base = {"x-forwarded-for": "198.51.100.7", "cookie": "session=a", "user-agent": "ua1"}
+    first = eng.identify("127.0.0.1", dict(base))
+    assert eng.identify("127.0.0.1", dict(base)) == first
+    other_cookie = eng.identify("127.0.0.1", {**base, "cookie": "session=b"})
+    assert other_cookie.session != first.session and other_cookie.key == first.key
+    other_ip = eng.identify("127.0.0.1", {**base, "x-forwarded-for": "198.51.100.8"})
+    assert other_ip.key != first.key and other_ip.session == first.session
+    other_agent = eng.identify("127.0.0.1", {**base, "user-agent": "ua2"})
+    assert other_agent.agent != first.agent
+    untrusted = eng.identify("203.0.113.9", dict(base))  # same headers, untrusted peer
+    assert untrusted.ip == "203.0.113.9"
+    assert eng.identify("127.0.0.1", {**base, "cookie": ""}).session is None
+
+
+def test_exempt_paths_match_by_prefix() -> None:
+    eng = WebEngine(WebOptions(bus=EventBus(), exempt_paths=["/health", "/static/"]))
+    assert eng.is_exempt("/healthz") and eng.is_exempt("/static/app.js")
+    assert not eng.is_exempt("/") and not eng.is_exempt("/stat")
+    assert not WebEngine(WebOptions(bus=EventBus())).is_exempt("/health")
