@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model  # benchmarks/machine.py (the script's folder)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
@@ -204,14 +206,7 @@ def socket_poll(pairs: int = 2500) -> list[str]:
 
 
 def machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return [f"- machine: {nproc} CPUs (`nproc`), {cpu}",
             f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlglot
+from machine import cpu_model  # benchmarks/machine.py (the script's folder)
 
 from garrison.bus import EventBus
 from garrison.guards import sqli, ssrf
@@ -233,14 +234,7 @@ def main() -> None:
     bench_sqli(rows)
     bench_firewall(rows)
     bench_ssrf(rows)
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     text = "\n".join(
         [
             "# Benchmark: gateway guards",

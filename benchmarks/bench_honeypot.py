@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (the script's folder)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -173,13 +175,6 @@ def measure_memory(mode: str) -> dict[str, float]:
         proc.wait()
     return {"rss_before_kib": before, "rss_after_kib": after,
             "kib_per_session": (after - before) / HELD}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (the script's folder)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
@@ -51,14 +53,7 @@ N_LOOKUPS = 300_000
 
 
 def machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return [f"- nproc: {os.cpu_count()}", f"- CPU: {cpu}",
             f"- Python: {platform.python_version()} ({platform.python_implementation()})",
             f"- command: `.venv/bin/python benchmarks/{Path(__file__).name}`",

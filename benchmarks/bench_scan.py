@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
@@ -47,14 +49,7 @@ HOME = [ipaddress.ip_network(f"{DEFENDED_V4}/32")]
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}")
 

@@ -26,6 +26,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (the script's folder)
+
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("asgi", "starlette")
 """``asgi``: a raw ASGI callable (harshest baseline); ``starlette``: a one-route Starlette app."""
@@ -87,16 +89,6 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _seconds(value: str, unit: str) -> float:
