@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from garrison.bus import EventBus, Handler
@@ -98,16 +98,6 @@ class Garrison:
                 self.emit(event)
             out.extend(events)
         return out
-
-    def feed_many(self, observations: Iterable[Any]) -> int:
-        """Feed a stream of observations (e.g. a replay). Returns how many were fed."""
-        n = 0
-        routes = self._routes
-        for obs in observations:
-            n += 1
-            if type(obs) in routes:
-                self.feed(obs)
-        return n
 
     def flush(self, now: float | None = None) -> list[Event]:
         """Let detectors close episodes as of ``now`` (default: the latest observation time)."""

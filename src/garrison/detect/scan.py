@@ -29,6 +29,7 @@ never detection.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -563,8 +564,6 @@ def _decrement(counter: dict[Any, int], key: Any) -> None:
 
 def _quoted_probe(quoted: bytes, version: int) -> tuple[str, str, int, int] | None:
     """(src, dst, proto, dport) of the datagram quoted in an ICMP unreachable, if readable."""
-    import ipaddress
-
     try:
         if version == 4:
             ihl = (quoted[0] & 15) * 4
