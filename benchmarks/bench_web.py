@@ -167,6 +167,7 @@ def memory_per_key(n: int = 20_000) -> dict[str, float]:
                 if isinstance(pre, CheckRequest):
                     eng.decide(client, eng.store.check(pre), t + k)
                 eng.after(client, f"/p{k}", 200, 1000, t + k)
+        eng.drain()
         used = tracemalloc.get_traced_memory()[0] - base
         tracemalloc.stop()
         return used / n

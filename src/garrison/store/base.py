@@ -163,10 +163,11 @@ class LimitStore(ABC):
 
 
 def open_store(url: str, policy: LimitPolicy | None = None, *, timeout: float = 0.05,
-               namespace: str = "garrison") -> LimitStore:
+               namespace: str = "garrison", max_keys: int = 200_000) -> LimitStore:
     """A store for ``url``: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too).
 
-    ``timeout`` (seconds) bounds every Redis call before the request fails open.
+    ``timeout`` (seconds) bounds every Redis call before the request fails open; ``max_keys``
+    caps the identities the memory store keeps.
     """
     policy = policy or LimitPolicy()
     if not isinstance(url, str):
@@ -175,7 +176,7 @@ def open_store(url: str, policy: LimitPolicy | None = None, *, timeout: float = 
     if scheme == "memory":
         from garrison.store.memory import MemoryStore
 
-        return MemoryStore(policy)
+        return MemoryStore(policy, max_identities=max_keys)
     if scheme in ("redis", "rediss"):
         from garrison.store.redis import RedisStore
 

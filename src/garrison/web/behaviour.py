@@ -53,6 +53,7 @@ _PATH, _SIZE, _STATUS = 1, 2, 3
 status), so recording a request touches one 32-byte span of the ring (one cache line), not
 four scattered slots: with many thousands of keys, cache misses are most of the cost."""
 _ZEROS: Final = bytes(8 * 4 * HISTORY)
+_NO_RING: Final = array("d")  # shared and empty: a key that never had a request
 _MAX_SIZE: Final = float(1 << 52)  # doubles hold integers exactly up to 2**53
 
 IP_WEIGHTS: Final = {"rate": 0.30, "errors": 0.10, "entropy": 0.25, "timing": 0.25, "volume": 0.10}
@@ -99,12 +100,18 @@ def path_hash(path: str) -> int:
 
 class History:
     """The last :data:`HISTORY` requests of one key, in one ring of doubles (one allocation):
-    one record of four doubles (timestamp, path hash, bytes, status) per request. About 1.1 KB."""
+    one record of four doubles (timestamp, path hash, bytes, status) per request. About 1.1 KB,
+    allocated with the first request."""
 
     __slots__ = ("_bucket", "_cur", "_prev", "_ring", "count", "idx")
 
     def __init__(self) -> None:
-        self._ring = array("d", _ZEROS)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every request. The ring is allocated by the first :meth:`add`, so an
+        identity that is never scored (an API key, a limiter-only record) costs no ring."""
+        self._ring = _NO_RING
         self.idx = 0
         self.count = 0
         self._bucket = 0.0
@@ -115,6 +122,8 @@ class History:
         """Record one answered request (``ts`` seconds, ``size`` bytes sent)."""
         i = self.idx
         ring = self._ring
+        if not ring:
+            ring = self._ring = array("d", _ZEROS)
         r = 4 * i
         ring[r] = ts
         ring[r + _PATH] = path

@@ -17,6 +17,7 @@ so scenarios can run on simulated time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -43,9 +44,10 @@ from garrison.store.base import (
     PendingBan,
     open_store,
 )
-from garrison.web.behaviour import History, path_hash
+from garrison.store.memory import MemoryStore
+from garrison.store.records import Record, RecordTable
+from garrison.web.behaviour import path_hash
 from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
-from garrison.web.lru import BoundedMap
 from garrison.web.metrics import WebMetrics
 from garrison.web.options import WebOptions
 from garrison.web.verdict import Verdict, fuse
@@ -61,6 +63,10 @@ SCORE_EVERY: Final = 8
 """A key that looks harmless is re-scored every this many requests (bounded delay); one whose
 risk is past :data:`HOT` of its threshold, on every request."""
 HOT: Final = 0.6
+BATCH: Final = 32
+"""Answered requests scored together (see :meth:`WebEngine.after`)."""
+BATCH_AGE: Final = 0.05
+"""Seconds after which a partial batch is scored anyway."""
 
 _Where = tuple[str | None, str | None, str | None, bool]
 
@@ -69,17 +75,33 @@ USER_AGENT: Final = "user-agent"
 COOKIE: Final = "cookie"
 
 
-class Client(NamedTuple):
-    """Who sent a request. ``key``/``session``/``api_key`` are store identities (hashed)."""
+class Client:
+    """Who sent a request. ``key``/``session``/``api_key`` are store identities (hashed).
 
-    ip: str | None
-    key: str | None
-    travel: str | None
-    session: str | None
-    api_key: str | None
-    agent: str
-    allowlisted: bool
-    identities: tuple[str, ...]
+    ``recs`` are the records of ``identities`` (same order), ``irec``/``srec`` those of the IP
+    group and the session, bound by :meth:`WebEngine.bind` and valid while ``gen`` equals the
+    record table's generation. Clients are cached by the raw header values they came from, so a
+    returning client costs one dict lookup and no record lookups at all.
+    """
+
+    __slots__ = ("agent", "allowlisted", "api_key", "gen", "identities", "ip", "irec", "key",
+                 "recs", "session", "srec", "travel")
+
+    def __init__(self, ip: str | None, key: str | None, travel: str | None,
+                 session: str | None, api_key: str | None, agent: str, allowlisted: bool,
+                 identities: tuple[str, ...]) -> None:
+        self.ip = ip
+        self.key = key
+        self.travel = travel
+        self.session = session
+        self.api_key = api_key
+        self.agent = agent
+        self.allowlisted = allowlisted
+        self.identities = identities
+        self.recs: tuple[Record, ...] = ()
+        self.irec: Record | None = None
+        self.srec: Record | None = None
+        self.gen = -1
 
 
 class Decision(NamedTuple):
@@ -114,29 +136,19 @@ class Decision(NamedTuple):
 
 
 PASS: Final = Decision(allowed=True)
+_NEUTRAL: Final = Verdict(0.5)
 
 
-class _Tracked(History):
-    """A key's history plus its latest risk (None: not judged yet)."""
-
-    __slots__ = ("risk", "since")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.risk: float | None = None
-        self.since = 0
-
-    def rescore(self, min_requests: int, threshold: float) -> bool:
-        """True when this request should (re-)score the key: when it first has enough history,
-        on every request while its risk is near ``threshold``, else every
-        :data:`SCORE_EVERY` requests."""
-        self.since += 1
-        risk = self.risk
-        if (self.since >= SCORE_EVERY or self.count == min_requests
-                or (risk is not None and risk >= HOT * threshold)):
-            self.since = 0
-            return True
-        return False
+def _rescore(rec: Record, min_requests: int, threshold: float) -> bool:
+    """True when this request should (re-)score ``rec``: when it first has enough history, on
+    every request while its risk is near ``threshold``, else every :data:`SCORE_EVERY`."""
+    rec.since += 1
+    risk = rec.risk
+    if (rec.since >= SCORE_EVERY or rec.count == min_requests
+            or (risk is not None and risk >= HOT * threshold)):
+        rec.since = 0
+        return True
+    return False
 
 
 def _hash(kind: str, value: str) -> str:
@@ -161,7 +173,8 @@ class WebEngine:
     def __init__(self, options: WebOptions, store: LimitStore | None = None) -> None:
         self.options = o = options
         self.clock: Callable[[], float] = o.clock
-        self.store = store or open_store(o.store, o.policy(), timeout=o.store_timeout)
+        self.store = store or open_store(o.store, o.policy(), timeout=o.store_timeout,
+                                         max_keys=o.max_ips + o.max_sessions)
         if o.bus is None:
             from garrison import default_bus
 
@@ -177,17 +190,27 @@ class WebEngine:
         self.allowlist = parse_networks(o.allowlist)
         self.exempt = tuple(str(p) for p in o.exempt_paths)
         self.sql_exempt = tuple(str(p) for p in o.sql_exempt_paths)
-        self.ips: BoundedMap[_Tracked] = BoundedMap(o.max_ips, max(o.window, 600.0))
-        self.sessions: BoundedMap[_Tracked] = BoundedMap(o.max_sessions, max(o.window, 600.0))
-        max_ban = self.store.policy.max_ban
-        self.bans: BoundedMap[tuple[float, str]] = BoundedMap(o.max_ips + o.max_sessions, max_ban)
-        self.reported: BoundedMap[float] = BoundedMap(o.max_ips + o.max_sessions, o.bot_ban)
+        # One record per identity (see garrison.store.records). With memory:// they are the
+        # store's own records and its lock, so the limiter, the binding and the scorer share
+        # one object per client; with another store the engine keeps records for scoring and
+        # for the bans it already knows.
+        self._mem = self.store if isinstance(self.store, MemoryStore) else None
+        if self._mem is not None:
+            self.records = self._mem.records
+            self._lock = self._mem.lock
+        else:
+            self.records = RecordTable(o.max_ips + o.max_sessions,
+                                       self.store.policy.initial_trust)
+            self._lock = threading.Lock()
+        self._keep = max(o.window, 600.0)
         self._pending: list[PendingBan] = []
-        self._lock = threading.Lock()
+        self._batch: list[tuple[Client, str, int, int, float]] = []
+        self._timer = False
         self._ip_weights = dict(o.ip_weights)
         self._session_weights = dict(o.session_weights)
         self.metrics = WebMetrics()
-        self.metrics.gauges = {"ip": lambda: len(self.ips), "session": lambda: len(self.sessions)}
+        self.metrics.gauges = {"ip": lambda: self._count("ip:"),
+                               "session": lambda: self._count("s:")}
         self.dropped_bans = 0
         self._warned_forwarding = False
         self._last_error_log = -1e18
@@ -198,6 +221,8 @@ class WebEngine:
         # Whole clients by the raw values they were derived from: a returning client costs one
         # dict lookup instead of a cookie parse and two hashes (bounded like _addr_cache).
         self._client_cache: dict[tuple[str | None, ...], Client] = {}
+        self._w_bot = float(o.trust_weights.get("bot", 0.0))
+        self._w_rate = float(o.trust_weights.get("rate", 0.0))
         self._session_header = o.session_header.lower() if o.session_header else None
         self._api_header = o.api_key_header.lower() if o.api_key_header else None
         # Header names the adapters should collect for identify() (lower case).
@@ -288,26 +313,60 @@ class WebEngine:
         return self.options.sql_firewall and not (
             self.sql_exempt and path.startswith(self.sql_exempt))
 
+    def bind(self, client: Client, now: float) -> None:
+        """Point ``client`` at the records of its identities (after a sweep, or the first time)."""
+        table = self.records
+        with self._lock:
+            for _ in range(3):  # a sweep while binding evicts what was fetched: fetch again
+                gen = table.gen
+                recs = tuple(table.get(i, now) for i in client.identities)
+                if table.gen == gen:
+                    break
+            client.recs = recs
+            client.irec = table.data.get(client.key) if client.key else None
+            client.srec = table.data.get(client.session) if client.session else None
+            client.gen = table.gen
+
+    def record(self, identity: str) -> Record | None:
+        """The record of ``identity``, if one is kept (for inspection and tests)."""
+        return self.records.peek(identity)
+
+    def _count(self, prefix: str) -> int:
+        return sum(1 for k in list(self.records.data) if k.startswith(prefix))
+
     # -- 2. before the app -----------------------------------------------------------------
     def precheck(self, client: Client, now: float) -> Decision | CheckRequest:
-        """A decision from local memory, or the question to put to the store."""
-        self.metrics.seen()
+        """A decision from local memory, or the question to put to the store.
+
+        With ``memory://`` the common case (no ban, binding holds, every identity under its
+        limit) is decided here on the client's records, with no lookups; everything else, and
+        every request with another store, is one :class:`CheckRequest`.
+        """
+        self.metrics.requests += 1
         if client.allowlisted:
             return PASS
-        bans: tuple[PendingBan, ...] = ()
-        banned = self.bans._data  # one dict lookup per identity for keys with no ban
-        if banned or self._pending:
+        if client.gen != self.records.gen:
+            self.bind(client, now)
+        recs = client.recs
+        for rec in recs:
+            if rec.ban_until > now:
+                return self._refuse(client, rec.reason or BAN, rec.ban_until - now, 429, None,
+                                    now)
+        o = self.options
+        mem = self._mem
+        if mem is not None and recs:
             with self._lock:
-                for ident in client.identities:
-                    if ident in banned:
-                        hit = self.bans.get(ident, now)
-                        if hit is not None and hit[0] > now:
-                            return self._refuse(client, hit[1], hit[0] - now, 429, None, now)
-                if self._pending:
-                    bans, self._pending = tuple(self._pending), []
+                trust = mem.spend(recs, client.srec,
+                                  client.travel if client.session else None, client.agent,
+                                  o.travel_session_ttl, now, self._cost)
+            if trust >= 0.0:
+                return self._admit(client, trust, now)
+        bans: tuple[PendingBan, ...] = ()
+        if self._pending:
+            with self._lock:
+                bans, self._pending = tuple(self._pending), []
         binding = None
         if client.session and client.travel:
-            o = self.options
             binding = Binding(client.session, client.travel, client.agent, o.travel_session_ttl,
                               o.travel_ban, o.travel_window)
         return CheckRequest(now, client.identities, binding, bans, self._cost)
@@ -319,12 +378,21 @@ class WebEngine:
         if not result.allowed:
             reason = result.reason or BAN
             if reason != THROTTLE and result.culprit:
-                with self._lock:
-                    self.bans.put(result.culprit, (now + result.retry_after, reason), now)
+                with self._lock:  # remember the ban here, so its next request stays local
+                    rec = self.records.get(result.culprit, now)
+                    until = now + result.retry_after
+                    if until > rec.ban_until:
+                        rec.ban_until, rec.reason = until, reason
+                    if rec.expires < until:
+                        rec.expires = until
             if result.event:
                 self._escalation_event(client, result, now)
             return self._refuse(client, reason, result.retry_after, 429, None, now)
-        verdict = self.verdict(client, None if result.degraded else result.trust, now)
+        return self._admit(client, None if result.degraded else result.trust, now)
+
+    def _admit(self, client: Client, rate_trust: float | None, now: float) -> Decision:
+        """An allowed request's decision, unless the fused verdict distrusts the client."""
+        verdict = self.verdict(client, rate_trust, now)
         if verdict.trust < self.options.min_trust:
             reason = BLOCKLIST if verdict.blocklisted else DISTRUST
             return self._refuse(client, reason, self.options.bot_ban, 403, verdict, now)
@@ -332,22 +400,22 @@ class WebEngine:
 
     def verdict(self, client: Client, rate_trust: float | None, now: float) -> Verdict:
         """The fused trust verdict of this client right now."""
+        if client.gen != self.records.gen:
+            self.bind(client, now)
         bot_risk = None
-        key = client.key
-        if key:
-            item = self.ips._data.get(key)  # peek: read-only, no expiry bookkeeping
-            if item is not None:
-                bot_risk = item[1].risk
-        key = client.session
-        if key:
-            item = self.sessions._data.get(key)
-            if item is not None:
-                risk = item[1].risk
-                if risk is not None and (bot_risk is None or risk > bot_risk):
-                    bot_risk = risk
+        rec = client.irec
+        if rec is not None:
+            bot_risk = rec.risk
+        rec = client.srec
+        if rec is not None:
+            risk = rec.risk
+            if risk is not None and (bot_risk is None or risk > bot_risk):
+                bot_risk = risk
         rep = self.options.reputation
+        if rep is None:
+            return self._plain(bot_risk, rate_trust)
         reputation, hits, blocklisted = None, 0, False
-        if rep is not None and client.ip is not None:
+        if client.ip is not None:
             try:
                 reputation = rep.score(client.ip)
                 hits = int(rep.honeypot_hits(client.ip))
@@ -357,6 +425,27 @@ class WebEngine:
         return fuse(bot_risk=bot_risk, reputation=reputation,
                     honeypot_hits=hits, rate_trust=rate_trust, blocklisted=blocklisted,
                     weights=self.options.trust_weights)
+
+    def _plain(self, bot_risk: float | None, rate_trust: float | None) -> Verdict:
+        """:func:`fuse` without a reputation source (the common case), inlined: the same
+        arithmetic and result without building it up generically on every request."""
+        wb, wr = self._w_bot, self._w_rate
+        if bot_risk is None:
+            if rate_trust is None:
+                return _NEUTRAL
+            parts = {"rate": rate_trust}
+            trust = rate_trust if wr else 0.5
+        else:
+            b = 1.0 - bot_risk
+            if rate_trust is None:
+                parts = {"bot": b}
+                trust = b if wb else 0.5
+            else:
+                parts = {"bot": b, "rate": rate_trust}
+                total = wb + wr
+                trust = (b * wb + rate_trust * wr) / total if total else 0.5
+        trust = 0.0 if trust < 0.0 else 1.0 if trust > 1.0 else trust
+        return Verdict(trust, bot_risk, None, 0, rate_trust, False, parts)
 
     def refuse_sql(self, client: Client, finding: Any, where: str, now: float) -> Decision:
         """The decision for a request carrying SQL injection (403), with its event."""
@@ -389,26 +478,72 @@ class WebEngine:
 
     # -- 3. after the response -------------------------------------------------------------
     def after(self, client: Client, path: str, status: int, size: int, now: float) -> None:
-        """Score the client's behaviour now that the response is out; ban a bot."""
+        """Queue the answered request for scoring; score the queue when it is full or old.
+
+        Scoring runs in batches (:data:`BATCH` requests, or :data:`BATCH_AGE` seconds after the
+        first one; under asyncio a timer drains a batch that traffic leaves behind). One hot
+        loop over a batch costs a fraction of scoring each request among the server's own work,
+        which evicts the scorer's code and data from the CPU caches between requests. The
+        price is that a bot's ban can come up to one batch later.
+        """
         if client.allowlisted:
             return
+        batch = self._batch
+        batch.append((client, path, status, size, now))
+        if len(batch) >= BATCH or now - batch[0][4] >= BATCH_AGE:
+            self.drain()
+        elif len(batch) == 1 and not self._timer:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no event loop (WSGI, Django): the next request drains it
+            self._timer = True
+            loop.call_later(BATCH_AGE, self._drain_timer)
+
+    def _drain_timer(self) -> None:
+        self._timer = False
+        self.drain()
+
+    def drain(self) -> None:
+        """Score every queued request now."""
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if not batch:
+            return
         t0 = time.perf_counter()
+        score = self._score
+        for client, path, status, size, now in batch:
+            try:
+                score(client, path, status, size, now)
+            except Exception:  # one bad record must not lose the rest of the batch
+                log.exception("scoring failed")
+        self.metrics.scoring(time.perf_counter() - t0, len(batch))
+
+    def _score(self, client: Client, path: str, status: int, size: int, now: float) -> None:
+        """Score one answered request; ban a bot."""
         o = self.options
         h = path_hash(path)
+        if client.gen != self.records.gen:
+            self.bind(client, now)
+        keep = now + self._keep
         with self._lock:
             ip_risk = sess_risk = None
             ip_feat = sess_feat = None
-            if client.key:
-                st = self.ips.get_or_create(client.key, now, _Tracked)
+            st = client.irec
+            if st is not None:
                 st.add(now, h, status, size)
-                if st.rescore(o.min_requests, o.threshold):
+                if st.expires < keep:
+                    st.expires = keep
+                if _rescore(st, o.min_requests, o.threshold):
                     ip_feat = st.features(now, o.window, o.min_requests, o.min_span)
                     st.risk = ip_feat.risk(self._ip_weights) if ip_feat else None
                 ip_risk = st.risk
-            if client.session:
-                ss = self.sessions.get_or_create(client.session, now, _Tracked)
+            ss = client.srec
+            if ss is not None:
                 ss.add(now, h, status, size)
-                if ss.rescore(o.min_requests, o.session_threshold):
+                if ss.expires < keep:
+                    ss.expires = keep
+                if _rescore(ss, o.min_requests, o.session_threshold):
                     sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
                     ss.risk = sess_feat.risk(self._session_weights) if sess_feat else None
                 sess_risk = ss.risk
@@ -419,30 +554,39 @@ class WebEngine:
             else:
                 final = (ip_risk + sess_risk) / 2.0
             if final is None:
-                self.metrics.scoring(time.perf_counter() - t0)
                 return  # nothing judged yet (a new key): no ban to consider
-            if ip_feat is not None and final is not None and final < o.threshold:
+            if ip_feat is not None and final < o.threshold:
                 self._learn_baseline(ip_feat.rpm)
-            targets: list[str] = []
-            if final is not None and final >= o.threshold_for(path) and client.key:
-                targets.append(client.key)
-                if client.session:
-                    targets.append(client.session)
-            elif sess_risk is not None and sess_risk >= o.session_threshold and client.session:
-                targets.append(client.session)
-            fresh = [t for t in targets if self.reported.get(t, now) is None]
-            for t in fresh:
-                self.reported.put(t, now, now)
-                if not o.dry_run:
-                    self.bans.put(t, (now + o.bot_ban, BOT), now)
-                    if len(self._pending) < _MAX_PENDING:
-                        self._pending.append(PendingBan(t, o.bot_ban, BOT))
-                    else:
-                        self.dropped_bans += 1
+            targets: list[tuple[str, Record]] = []
+            if final >= o.threshold_for(path) and st is not None and client.key:
+                targets.append((client.key, st))
+                if ss is not None and client.session:
+                    targets.append((client.session, ss))
+            elif (sess_risk is not None and sess_risk >= o.session_threshold
+                  and ss is not None and client.session):
+                targets.append((client.session, ss))
+            fresh = [t for t, rec in targets if now - rec.reported >= o.bot_ban]
+            for t, rec in targets:
+                if t not in fresh:
+                    continue
+                rec.reported = now
+                if o.dry_run:
+                    continue
+                if self._mem is not None:
+                    self._mem.apply_ban(PendingBan(t, o.bot_ban, BOT), now)
+                    continue
+                if now + o.bot_ban > rec.ban_until:
+                    rec.ban_until, rec.reason = now + o.bot_ban, BOT
+                if rec.expires < rec.ban_until:
+                    rec.expires = rec.ban_until
+                if len(self._pending) < _MAX_PENDING:
+                    self._pending.append(PendingBan(t, o.bot_ban, BOT))
+                else:
+                    self.dropped_bans += 1
         if fresh:
             detail = {
                 "ip": client.ip, "session": client.session, "path": path,
-                "risk": round(final or 0.0, 3),
+                "risk": round(final, 3),
                 "ip_risk": None if ip_risk is None else round(ip_risk, 3),
                 "session_risk": None if sess_risk is None else round(sess_risk, 3),
                 "ip_features": ip_feat.as_dict() if ip_feat else None,
@@ -451,7 +595,6 @@ class WebEngine:
             }
             self._emit(Event(BOT_BLOCKED, now, Severity.HIGH, source_ip=client.ip,
                              detail=detail, message=f"bot blocked: {client.ip}"))
-        self.metrics.scoring(time.perf_counter() - t0)
 
     def _learn_baseline(self, rpm: float) -> None:
         """Fold one client's request rate (per minute) into the baseline and rescale limits.

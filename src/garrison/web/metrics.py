@@ -35,9 +35,10 @@ class WebMetrics:
         with self._lock:
             self.blocked[reason] += 1
 
-    def scoring(self, seconds: float) -> None:
+    def scoring(self, seconds: float, requests: int = 1) -> None:
+        """``requests`` answered requests were scored in ``seconds``."""
         self.scoring_seconds += seconds  # no lock: a lost update in a summary is harmless
-        self.scored += 1
+        self.scored += requests
 
     def render(self) -> str:
         """The metrics as Prometheus text exposition format 0.0.4."""
