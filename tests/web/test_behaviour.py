@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import math
 import random
 
 import pytest
 
 from garrison.bus import EventBus
 from garrison.store.base import CheckRequest
-from garrison.web.behaviour import History, path_hash
+from garrison.web.behaviour import HISTORY, History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
 from garrison.web.engine import WebEngine
 from garrison.web.lru import BoundedMap
@@ -216,3 +218,51 @@ def test_exempt_paths_match_by_prefix() -> None:
     assert eng.is_exempt("/healthz") and eng.is_exempt("/static/app.js")
     assert not eng.is_exempt("/") and not eng.is_exempt("/stat")
     assert not WebEngine(WebOptions(bus=EventBus())).is_exempt("/health")
+
+
+def _reference(h: History, now: float, window: float) -> tuple[int, int, float, float, float]:
+    """Total, errors, volume, entropy bits and gap CV recomputed the plain way (request by
+    request) from what was added, to check the ring's sliced fast path against."""
+    recs = h.added[-HISTORY:]  # type: ignore[attr-defined]  # the test's recording subclass
+    recs = [r for r in recs if r[0] >= now - window]
+    total = len(recs)
+    errors = sum(1 for r in recs if r[2] >= 400)
+    volume = float(sum(r[3] for r in recs))
+    counts: dict[int, int] = {}
+    for r in recs:
+        counts[r[1]] = counts.get(r[1], 0) + 1
+    bits = -sum(c / total * math.log2(c / total) for c in counts.values())
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(recs)]
+    mean = sum(gaps) / len(gaps)
+    var = sum(g * g for g in gaps) / len(gaps) - mean * mean
+    return total, errors, volume, bits, math.sqrt(max(var, 0.0)) / mean
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sliced_features_match_a_request_by_request_count(seed: int) -> None:
+    rng = random.Random(seed)
+
+    class Recorded(History):
+        __slots__ = ("added",)
+        added: list[tuple[float, int, int, int]]
+
+    h = Recorded()
+    h.added = []
+    t = T0
+    for _ in range(rng.randrange(8, 80)):
+        t += rng.expovariate(1.0)
+        rec = (t, path_hash(f"/p{rng.randrange(6)}"), rng.choice((200, 200, 404, 500)),
+               rng.randrange(100, 5000))
+        h.added.append((rec[0], rec[1], rec[2], rec[3]))
+        h.add(*rec)
+    for window in (1e9, 20.0):  # all inside the window (sliced path), and some outside (loop)
+        f = h.features(t, window, 3, 0.0)
+        total, errors, volume, bits, cv = _reference(h, t, window)
+        if total < 3:
+            assert f is None
+            continue
+        assert f is not None and f.requests == total
+        assert f.errors == pytest.approx(errors / total)
+        assert f.entropy_bits == pytest.approx(bits)
+        assert f.cv == pytest.approx(cv, rel=1e-6)
+        assert f.volume == pytest.approx(min(volume / (50 * 1024 * 1024), 1.0))

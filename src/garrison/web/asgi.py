@@ -44,7 +44,9 @@ class GarrisonMiddleware:
         self.options = WebOptions(**options)
         self.engine = WebEngine(self.options)
         self._inspect = load_inspector() if self.options.sql_firewall else None
-        self._wanted = {n.encode("latin-1"): n for n in self.engine.header_names}
+        # Position of each header identify_raw() reads, after the peer at 0.
+        self._slot = {n.encode("latin-1"): i + 1 for i, n in enumerate(self.engine.raw_names)}
+        self._none: tuple[None, ...] = (None,) * len(self.engine.raw_names)
         # Per-request settings read once here, not per request.
         self._metrics_path = self.options.metrics_path
         self._exempt = self.engine.exempt
@@ -66,15 +68,16 @@ class GarrisonMiddleware:
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
-        wanted = self._wanted  # ASGI header names are lower-case bytes already
-        headers: dict[str, str] = {}
+        slot = self._slot  # ASGI header names are lower-case bytes already
         content_type = None
         content_length = -1
         try:
+            peer = scope.get("client")
+            raw: list[bytes | str | None] = [peer[0] if peer else None, *self._none]
             for k, v in scope.get("headers") or ():
-                name = wanted.get(k)
-                if name is not None:
-                    headers[name] = v.decode("latin-1")
+                i = slot.get(k)
+                if i is not None:
+                    raw[i] = v
                 elif k == b"content-type":
                     content_type = v.decode("latin-1")
                 elif k == b"content-length":
@@ -82,8 +85,7 @@ class GarrisonMiddleware:
                         content_length = int(v)
                     except ValueError:
                         content_length = -1
-            peer = scope.get("client")
-            client = eng.identify(peer[0] if peer else None, headers)
+            client = eng.identify_raw(tuple(raw))
             now = eng.clock()
             pre = eng.precheck(client, now)
             if isinstance(pre, CheckRequest):
@@ -98,7 +100,9 @@ class GarrisonMiddleware:
             await _answer(send, decision.status, decision.headers(), decision.body())
             return
         if self._inspect is not None and eng.sql_applies(path):
-            refused, receive = await self._sql(scope, receive, headers, content_type,
+            ck = raw[self._slot[b"cookie"]]
+            cookie = ck.decode("latin-1") if isinstance(ck, bytes) else None
+            refused, receive = await self._sql(scope, receive, cookie, content_type,
                                                content_length, client, now)
             if refused is not None and not refused.allowed:
                 await _answer(send, refused.status, refused.headers(), refused.body())
@@ -124,7 +128,7 @@ class GarrisonMiddleware:
             except Exception:  # scoring must never break a response that already went out
                 log.exception("scoring failed")
 
-    async def _sql(self, scope: Scope, receive: Receive, headers: dict[str, str],
+    async def _sql(self, scope: Scope, receive: Receive, cookie: str | None,
                    content_type: str | None, content_length: int, client: Any,
                    now: float) -> tuple[Decision | None, Receive]:
         """Inspect the request for SQL injection; buffer a small body and replay it."""
@@ -151,7 +155,7 @@ class GarrisonMiddleware:
         try:
             found = scan(self._inspect, self.options.sql_paranoia, scope.get("path") or "/",
                          (scope.get("query_string") or b"").decode("latin-1"),
-                         headers.get("cookie"), body, content_type)
+                         cookie, body, content_type)
         except Exception as exc:  # the detector failing is no reason to refuse the request
             eng.internal_error(exc)
             found = None

@@ -63,6 +63,8 @@ SCORE_EVERY: Final = 8
 """A key that looks harmless is re-scored every this many requests (bounded delay); one whose
 risk is past :data:`HOT` of its threshold, on every request."""
 HOT: Final = 0.6
+REUSE: Final = 8
+"""Requests an allowing decision is reused for (see :meth:`WebEngine._admit`)."""
 BATCH: Final = 32
 """Answered requests scored together (see :meth:`WebEngine.after`)."""
 BATCH_AGE: Final = 0.05
@@ -84,8 +86,8 @@ class Client:
     returning client costs one dict lookup and no record lookups at all.
     """
 
-    __slots__ = ("agent", "allowlisted", "api_key", "gen", "identities", "ip", "irec", "key",
-                 "recs", "session", "srec", "travel")
+    __slots__ = ("agent", "allowlisted", "api_key", "decision", "dleft", "dri", "drs", "gen",
+                 "identities", "ip", "irec", "key", "recs", "session", "srec", "travel")
 
     def __init__(self, ip: str | None, key: str | None, travel: str | None,
                  session: str | None, api_key: str | None, agent: str, allowlisted: bool,
@@ -102,6 +104,12 @@ class Client:
         self.irec: Record | None = None
         self.srec: Record | None = None
         self.gen = -1
+        # The last allowing decision, reused for ``dleft`` more requests while the records'
+        # risks are still the objects ``dri``/``drs`` it was computed from.
+        self.decision: Decision | None = None
+        self.dleft = 0
+        self.dri: float | None = None
+        self.drs: float | None = None
 
 
 class Decision(NamedTuple):
@@ -231,6 +239,8 @@ class WebEngine:
             if name:
                 wanted.add(name.lower())
         self.header_names = frozenset(wanted)
+        self.raw_names = tuple(sorted(wanted))
+        self._raw_cache: dict[tuple[bytes | str | None, ...], Client] = {}
 
     # -- 1. who ----------------------------------------------------------------------------
     def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
@@ -247,6 +257,25 @@ class WebEngine:
         if len(cache) >= _ADDR_CACHE:
             cache.clear()  # a flood of new clients: start over, stay bounded
         cache[ck] = client
+        return client
+
+    def identify_raw(self, key: tuple[bytes | str | None, ...]) -> Client:
+        """:meth:`identify` from ``(peer, *raw)``: the socket peer, then the raw values of
+        :attr:`raw_names` in that order (None when absent), as ASGI gives them. Decodes only a
+        client it has not seen, so a returning client costs one dict lookup."""
+        cached = self._raw_cache.get(key)
+        if cached is not None:
+            return cached
+        headers = {name: raw.decode("latin-1") for name, raw in zip(self.raw_names, key[1:],
+                                                                     strict=True)
+                   if isinstance(raw, bytes)}
+        peer = key[0]
+        client = self._identify(peer if isinstance(peer, str) else None,
+                                headers.get(self.addresses.forwarded_header), headers)
+        cache = self._raw_cache
+        if len(cache) >= _ADDR_CACHE:
+            cache.clear()  # a flood of new clients: start over, stay bounded
+        cache[key] = client
         return client
 
     def _identify(self, peer: str | None, fwd: str | None, headers: dict[str, str]) -> Client:
@@ -348,19 +377,19 @@ class WebEngine:
         if client.gen != self.records.gen:
             self.bind(client, now)
         recs = client.recs
-        for rec in recs:
-            if rec.ban_until > now:
-                return self._refuse(client, rec.reason or BAN, rec.ban_until - now, 429, None,
-                                    now)
         o = self.options
         mem = self._mem
         if mem is not None and recs:
-            with self._lock:
+            with self._lock:  # spend() refuses nothing: a ban sends it to the checks below
                 trust = mem.spend(recs, client.srec,
                                   client.travel if client.session else None, client.agent,
                                   o.travel_session_ttl, now, self._cost)
             if trust >= 0.0:
                 return self._admit(client, trust, now)
+        for rec in recs:
+            if rec.ban_until > now:
+                return self._refuse(client, rec.reason or BAN, rec.ban_until - now, 429, None,
+                                    now)
         bans: tuple[PendingBan, ...] = ()
         if self._pending:
             with self._lock:
@@ -391,12 +420,26 @@ class WebEngine:
         return self._admit(client, None if result.degraded else result.trust, now)
 
     def _admit(self, client: Client, rate_trust: float | None, now: float) -> Decision:
-        """An allowed request's decision, unless the fused verdict distrusts the client."""
+        """An allowed request's decision, unless the fused verdict distrusts the client.
+
+        Without a reputation source the verdict depends only on the client's bot risk and its
+        rate-limit trust, so the last one is reused for :data:`REUSE` requests while the risks
+        are unchanged: its rate trust lags by at most ``REUSE * trust_gain``.
+        """
+        ir, sr = client.irec, client.srec
+        ri = ir.risk if ir is not None else None
+        rs = sr.risk if sr is not None else None
+        if client.dleft > 0 and ri is client.dri and rs is client.drs:
+            client.dleft -= 1
+            return client.decision  # type: ignore[return-value]  # set with dleft
         verdict = self.verdict(client, rate_trust, now)
         if verdict.trust < self.options.min_trust:
             reason = BLOCKLIST if verdict.blocklisted else DISTRUST
             return self._refuse(client, reason, self.options.bot_ban, 403, verdict, now)
-        return Decision(True, None, 0.0, 200, verdict)
+        decision = Decision(True, None, 0.0, 200, verdict)
+        if rate_trust is not None and self.options.reputation is None:
+            client.decision, client.dleft, client.dri, client.drs = decision, REUSE, ri, rs
+        return decision
 
     def verdict(self, client: Client, rate_trust: float | None, now: float) -> Verdict:
         """The fused trust verdict of this client right now."""
