@@ -31,7 +31,10 @@ from machine import cpu_model  # benchmarks/machine.py (the script's folder)
 ROOT = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("asgi", "starlette")
 """``asgi``: a raw ASGI callable (harshest baseline); ``starlette``: a one-route Starlette app."""
-VARIANTS = ("bare", "memory", "redis")
+VARIANTS = ("bare", "memory", "redis", "slowapi")
+"""``slowapi``: a peer tool for comparison (Starlette only; ``pip install -e '.[bench]'``):
+SlowAPI's pure-ASGI middleware limiting each ``X-Forwarded-For`` address in memory, a rate
+limiter alone, with no scoring, sessions or hijack detection."""
 
 APP = textwrap.dedent('''
     import os
@@ -54,7 +57,18 @@ APP = textwrap.dedent('''
             return PlainTextResponse("ok")
 
         app = Starlette(routes=[Route("/", home)])
-    if variant != "bare":
+    if variant == "slowapi":
+        from slowapi import Limiter, _rate_limit_exceeded_handler
+        from slowapi.errors import RateLimitExceeded
+        from slowapi.middleware import SlowAPIASGIMiddleware
+
+        def client_key(request):
+            return request.headers.get("x-forwarded-for") or request.client.host
+
+        app.state.limiter = Limiter(key_func=client_key, default_limits=["600/minute"])
+        app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
+        app.add_middleware(SlowAPIASGIMiddleware)
+    elif variant != "bare":
         from garrison.bus import EventBus
         from garrison.web import GarrisonMiddleware
         app = GarrisonMiddleware(app, store=os.environ["BENCH_STORE"], bus=EventBus(),
@@ -248,6 +262,12 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian package wrk)")
     results: dict[str, dict[str, float]] = {}
+    try:
+        import slowapi  # noqa: F401
+        has_slowapi = True
+    except ImportError:
+        has_slowapi = False
+        print("slowapi not installed: no peer-tool row (pip install -e '.[bench]')")
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
         (workdir / "benchapp.py").write_text(APP)
@@ -257,6 +277,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for framework in FRAMEWORKS:
                     for name in VARIANTS:
+                        if name == "slowapi" and (framework != "starlette" or not has_slowapi):
+                            continue
                         store = redis_url if name == "redis" else "memory://"
                         r = run_variant(framework, name, store, workdir, args.duration,
                                         args.connections)
@@ -289,6 +311,8 @@ def main() -> None:
     for framework in FRAMEWORKS:
         bare = results[f"{framework}/bare"]["rps"]
         for name in VARIANTS:
+            if f"{framework}/{name}" not in results:
+                continue
             r = results[f"{framework}/{name}"]
             lines.append(
                 f"| {framework} | {name} | {r['rps']:.0f} | {r['rps'] / bare:.2f}x | "
