@@ -11,10 +11,10 @@ import pytest
 
 from garrison.bus import EventBus
 from garrison.store.base import CheckRequest
+from garrison.store.records import RecordTable
 from garrison.web.behaviour import HISTORY, History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
 from garrison.web.engine import WebEngine
-from garrison.web.lru import BoundedMap
 from garrison.web.options import WebOptions
 from garrison.web.verdict import fuse
 from tests.web import scenarios as sc
@@ -89,13 +89,19 @@ def test_counters_are_windowed() -> None:
     assert h.count == 40  # ring holds only the last 32; memory does not grow
 
 
-def test_bounded_map_caps_and_expires() -> None:
-    m: BoundedMap[int] = BoundedMap(cap=100, ttl=60)
+def test_record_table_caps_keeps_offenders_and_resets_expired_records() -> None:
+    table = RecordTable(cap=100, initial_trust=0.5)
+    banned = table.get("ip:offender", T0)
+    banned.ban_until = banned.expires = T0 + 10_000  # a standing ban keeps a record late
     for i in range(1000):
-        m.put(f"k{i}", i, T0)
-    assert len(m) == 100 and m.evicted == 900
-    assert m.get("k999", T0 + 10) == 999
-    assert m.get("k999", T0 + 61) is None
+        table.get(f"ip:k{i}", T0).expires = T0 + 60 + i
+    assert len(table) <= 100 and table.evicted >= 900 and table.gen > 0
+    assert table.peek("ip:offender") is banned  # the sweep dropped the ones expiring first
+    assert table.peek("ip:k999") is not None and table.peek("ip:k0") is None
+    rec = table.get("ip:k999", T0)
+    rec.trust, rec.count = 0.9, 5
+    assert table.get("ip:k999", T0 + 2000) is rec  # expired: same object, reset in place
+    assert rec.trust == 0.5 and rec.count == 0
 
 
 def test_engine_state_is_bounded_under_a_flood_of_sources() -> None:

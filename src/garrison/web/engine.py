@@ -25,10 +25,14 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from garrison.bus import EventBus
 from garrison.events import BOT_BLOCKED, IMPOSSIBLE_TRAVEL, RATE_LIMITED, Event, Severity
+
+# A module import: garrison.store.records needs garrison.web.behaviour, so this module may be
+# loaded while records is still half-initialised; its names are used only at run time.
+from garrison.store import records as _records
 from garrison.store.base import (
     BAN,
     BOT,
@@ -44,13 +48,14 @@ from garrison.store.base import (
     PendingBan,
     open_store,
 )
-from garrison.store.memory import MemoryStore
-from garrison.store.records import Record, RecordTable
 from garrison.web.behaviour import path_hash
 from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
 from garrison.web.metrics import WebMetrics
 from garrison.web.options import WebOptions
 from garrison.web.verdict import Verdict, fuse
+
+if TYPE_CHECKING:
+    from garrison.store.memory import MemoryStore
 
 log = logging.getLogger("garrison.web")
 
@@ -100,9 +105,9 @@ class Client:
         self.agent = agent
         self.allowlisted = allowlisted
         self.identities = identities
-        self.recs: tuple[Record, ...] = ()
-        self.irec: Record | None = None
-        self.srec: Record | None = None
+        self.recs: tuple[_records.Record, ...] = ()
+        self.irec: _records.Record | None = None
+        self.srec: _records.Record | None = None
         self.gen = -1
         # The last allowing decision, reused for ``dleft`` more requests while the records'
         # risks are still the objects ``dri``/``drs`` it was computed from.
@@ -147,7 +152,7 @@ PASS: Final = Decision(allowed=True)
 _NEUTRAL: Final = Verdict(0.5)
 
 
-def _rescore(rec: Record, min_requests: int, threshold: float) -> bool:
+def _rescore(rec: _records.Record, min_requests: int, threshold: float) -> bool:
     """True when this request should (re-)score ``rec``: when it first has enough history, on
     every request while its risk is near ``threshold``, else every :data:`SCORE_EVERY`."""
     rec.since += 1
@@ -202,12 +207,15 @@ class WebEngine:
         # store's own records and its lock, so the limiter, the binding and the scorer share
         # one object per client; with another store the engine keeps records for scoring and
         # for the bans it already knows.
-        self._mem = self.store if isinstance(self.store, MemoryStore) else None
+        from garrison.store.memory import MemoryStore  # here: see the records import above
+
+        self._mem: MemoryStore | None = (self.store if isinstance(self.store, MemoryStore)
+                                         else None)
         if self._mem is not None:
             self.records = self._mem.records
             self._lock = self._mem.lock
         else:
-            self.records = RecordTable(o.max_ips + o.max_sessions,
+            self.records = _records.RecordTable(o.max_ips + o.max_sessions,
                                        self.store.policy.initial_trust)
             self._lock = threading.Lock()
         self._keep = max(o.window, 600.0)
@@ -356,7 +364,7 @@ class WebEngine:
             client.srec = table.data.get(client.session) if client.session else None
             client.gen = table.gen
 
-    def record(self, identity: str) -> Record | None:
+    def record(self, identity: str) -> _records.Record | None:
         """The record of ``identity``, if one is kept (for inspection and tests)."""
         return self.records.peek(identity)
 
@@ -600,7 +608,7 @@ class WebEngine:
                 return  # nothing judged yet (a new key): no ban to consider
             if ip_feat is not None and final < o.threshold:
                 self._learn_baseline(ip_feat.rpm)
-            targets: list[tuple[str, Record]] = []
+            targets: list[tuple[str, _records.Record]] = []
             if final >= o.threshold_for(path) and st is not None and client.key:
                 targets.append((client.key, st))
                 if ss is not None and client.session:
