@@ -91,8 +91,8 @@ class Client:
     returning client costs one dict lookup and no record lookups at all.
     """
 
-    __slots__ = ("agent", "allowlisted", "api_key", "decision", "dleft", "dri", "drs", "gen",
-                 "identities", "ip", "irec", "key", "recs", "session", "srec", "travel")
+    __slots__ = ("agent", "allowlisted", "api_key", "binding", "decision", "dleft", "dri", "drs",
+                 "gen", "identities", "ip", "irec", "key", "recs", "session", "srec", "travel")
 
     def __init__(self, ip: str | None, key: str | None, travel: str | None,
                  session: str | None, api_key: str | None, agent: str, allowlisted: bool,
@@ -109,6 +109,7 @@ class Client:
         self.irec: _records.Record | None = None
         self.srec: _records.Record | None = None
         self.gen = -1
+        self.binding: Binding | None = None  # what the store checks the session against
         # The last allowing decision, reused for ``dleft`` more requests while the records'
         # risks are still the objects ``dri``/``drs`` it was computed from.
         self.decision: Decision | None = None
@@ -309,7 +310,11 @@ class WebEngine:
                                            else (key,) if key else (session,) if session else ())
         else:
             identities = tuple(i for i in (key, session, api_key) if i)
-        return Client(where[0], key, where[2], session, api_key, agent, where[3], identities)
+        client = Client(where[0], key, where[2], session, api_key, agent, where[3], identities)
+        if session and client.travel:
+            client.binding = Binding(session, client.travel, agent, o.travel_session_ttl,
+                                     o.travel_ban, o.travel_window)
+        return client
 
     def _resolve(self, peer: str | None, fwd: str | None) -> _Where:
         """Address, group key, travel group and allowlisting of a (peer, header) pair, cached
@@ -402,11 +407,7 @@ class WebEngine:
         if self._pending:
             with self._lock:
                 bans, self._pending = tuple(self._pending), []
-        binding = None
-        if client.session and client.travel:
-            binding = Binding(client.session, client.travel, client.agent, o.travel_session_ttl,
-                              o.travel_ban, o.travel_window)
-        return CheckRequest(now, client.identities, binding, bans, self._cost)
+        return CheckRequest(now, client.identities, client.binding, bans, self._cost)
 
     def decide(self, client: Client, result: CheckResult, now: float) -> Decision:
         """Turn the store's answer into a decision; emit events for escalations."""
