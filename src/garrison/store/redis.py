@@ -1,21 +1,44 @@
 """Redis store (``redis://host:port/db``): shared state for many workers and hosts.
 
-Each check is one ``EVALSHA`` of the script below: pending bans, standing bans, the session
-binding and GCRA for every identity, atomically, in one round trip. Numbers cross as strings
-(Redis truncates Lua numbers to integers).
+A round trip is one ``EVALSHA`` of the script below: pending bans, standing bans, the session
+binding and GCRA for every identity, atomically. Numbers cross as strings (Redis truncates Lua
+numbers to integers).
+
+Most requests need no round trip: they are answered from *leases*. When Redis allows a request
+it also reserves up to ``lease_max`` more requests for each identity (advancing its GCRA TAT as
+if they had been made, a quarter of what the identity has left, none when under 2, so a client
+near its limit is checked exactly in Redis every time) and grants them to the asking worker for
+``lease_ttl`` seconds (at most a quarter of the session's travel window). While every identity
+of a request holds enough leased tokens and the session's binding was confirmed for the same
+group and agent, the worker answers alone. Times are the requests' own (``CheckRequest.now``);
+workers sharing a namespace should share a clock and the same ``lease_ttl``.
+
+Safety: leased tokens are counted in Redis when granted, and unused ones simply expire, never
+given back, so the limit across workers can only be stricter, never looser: a client spread
+over W workers may be refused up to about ``W * lease_max`` requests early. Redis also counts
+the tokens leased in the last two lease windows as still in the bucket until they expire, so a
+lease spent late cannot add to a bucket that refilled meanwhile (no burst above ``burst``). A
+worker asks for a lease only when it has no round trip in flight for the request's identities,
+so a burst of concurrent requests is checked exactly instead of being leased tokens that only
+later requests could spend. The price is staleness: a ban or escalation decided in another
+worker (or Redis's view of a session's last request) reaches this worker within one lease TTL.
+A ban this worker writes or is told about drops the identity's lease at once; bans are not
+answered locally (the web engine keeps its own), so with Redis down every request passes.
 
 Failure is expected: every call is bounded by ``timeout`` seconds; on an error or timeout the
-request passes (fail open), a :class:`CircuitBreaker` stops waiting on a dead server for
-``cooldown`` seconds, the failure is logged at most once per ``log_interval`` seconds, and the
-store recovers by itself when a trial call succeeds. Bans decided while Redis is away wait in a
-bounded queue and go out with the next successful check.
+request passes (fail open; leases held are still spent), a :class:`CircuitBreaker` stops waiting
+on a dead server for ``cooldown`` seconds, the failure is logged at most once per
+``log_interval`` seconds, and the store recovers by itself when a trial call succeeds. Bans
+decided while Redis is away wait in a bounded queue and go out with the next successful check.
+Local state is bounded: ``max_local`` leased identities and as many confirmed sessions.
 """
-
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -24,6 +47,7 @@ from typing import Any, Final
 
 from garrison.store.base import (
     OPEN,
+    THROTTLE,
     CheckRequest,
     CheckResult,
     LimitPolicy,
@@ -36,13 +60,14 @@ log = logging.getLogger("garrison.store.redis")
 
 CHECK_SCRIPT: Final = """
 -- Garrison web check: pending bans, standing bans, session binding and GCRA, in one atomic call.
--- Mirrors garrison/store/memory.py; see garrison/store/base.py for the rules.
+-- Mirrors garrison/store/memory.py; see garrison/store/base.py for the rules. An allowed
+-- request also leases up to lease_max more requests per identity to the calling worker.
 -- KEYS: nb ban-identity keys, ni request-identity keys, then (if binding) the binding key
 --       and the session's identity key.
 -- ARGV: now, rate, burst, initial_trust, trust_gain, trust_loss, strikes, strike_window,
 --       backoff, offences_to_ban, ban, max_ban, offence_memory, idle_ttl, cost,
---       nb, ni, has_binding, [group, agent, bind_ttl, bind_ban, bind_window],
---       then nb x (duration, reason)
+--       lease_max, lease_window, nb, ni, has_binding,
+--       [group, agent, bind_ttl, bind_ban, bind_window], then nb x (duration, reason)
 local now = tonumber(ARGV[1])
 local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local init_trust, gain, loss = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -50,27 +75,36 @@ local max_strikes, strike_window = tonumber(ARGV[7]), tonumber(ARGV[8])
 local backoff, to_ban, ban_base = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local max_ban, offence_memory, idle_ttl = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local cost = tonumber(ARGV[15])
-local nb, ni, has_binding = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
-local argi = 19
+local lease_max, lease_window = tonumber(ARGV[16]), tonumber(ARGV[17])
+local nb, ni, has_binding = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
+local argi = 21
 local group, agent, bind_ttl, bind_ban, bind_window
 if has_binding == 1 then
-  group, agent = ARGV[19], ARGV[20]
-  bind_ttl, bind_ban, bind_window = tonumber(ARGV[21]), tonumber(ARGV[22]), tonumber(ARGV[23])
-  argi = 24
+  group, agent = ARGV[21], ARGV[22]
+  bind_ttl, bind_ban, bind_window = tonumber(ARGV[23]), tonumber(ARGV[24]), tonumber(ARGV[25])
+  argi = 26
 end
 
 local function f(x) return string.format('%.17g', x) end
 
--- An identity's state is one string "tat trust strikes wstart offences ban_until reason" with
--- a TTL: one GET to load, one SET ... PX to save.
+-- An identity's state is one string "tat trust strikes wstart offences ban_until
+-- Lwindow:leased:leased_before reason" with a TAT: one GET to load, one SET ... PX to save.
+-- leased / leased_before: tokens leased out in the current / previous lease window (a window
+-- is lease_window seconds, the longest a lease lives, so older leases have expired).
 local function load(key)
   local v = redis.call('GET', key)
-  local st = {key = key, t = 0, tr = init_trust, s = 0, w = 0, o = 0, b = 0, r = ''}
+  local st = {key = key, t = 0, tr = init_trust, s = 0, w = 0, o = 0, b = 0, r = '',
+              wn = 0, gc = 0, gp = 0}
   if v then
-    local t, tr, s, w, o, b, r = string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
+    local t, tr, s, w, o, b, wn, gc, gp, r = string.match(v,
+      '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) L([^:%s]+):([^:%s]+):(%S+) ?(.*)$')
+    if not t then  -- written before leases existed
+      t, tr, s, w, o, b, r = string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
+    end
     if t then
       st.t, st.tr, st.s, st.w = tonumber(t), tonumber(tr), tonumber(s), tonumber(w)
       st.o, st.b, st.r = tonumber(o), tonumber(b), r
+      st.wn, st.gc, st.gp = tonumber(wn) or 0, tonumber(gc) or 0, tonumber(gp) or 0
     end
   end
   return st
@@ -82,7 +116,22 @@ local function save(st)
   local until_ = now + keep
   if st.b > until_ then until_ = st.b end
   redis.call('SET', st.key, f(st.t) .. ' ' .. f(st.tr) .. ' ' .. st.s .. ' ' .. f(st.w) .. ' '
-             .. st.o .. ' ' .. f(st.b) .. ' ' .. st.r, 'PX', math.ceil((until_ - now) * 1000))
+             .. st.o .. ' ' .. f(st.b) .. ' L' .. f(st.wn) .. ':' .. f(st.gc) .. ':'
+             .. f(st.gp) .. ' ' .. st.r, 'PX', math.ceil((until_ - now) * 1000))
+end
+
+-- Tokens possibly still unspent in leases of this identity (any worker): those granted in this
+-- lease window and the previous one. Until they expire, GCRA counts them as still in the
+-- bucket, so a worker spending its lease late can never add to a bucket that refilled.
+local function leased(st)
+  if lease_window <= 0 then return 0 end
+  local m = math.floor(now / lease_window)
+  if m > st.wn then
+    if m == st.wn + 1 then st.gp = st.gc else st.gp = 0 end
+    st.gc = 0
+    st.wn = m
+  end
+  return st.gc + st.gp
 end
 
 local function ban_length(base, offences)
@@ -106,9 +155,10 @@ for i = 1, nb do
   ban_until[i] = f(st.b)
 end
 
-local function answer(allowed, reason, retry, trust, event, culprit, bound)
+local no_leases = {}
+local function answer(allowed, reason, retry, trust, event, culprit, bound, grants, trusts)
   return {allowed, reason or '', f(retry), f(trust), event or '', culprit or '', bound or '',
-          ban_until}
+          ban_until, grants or no_leases, trusts or no_leases}
 end
 
 -- 1. standing bans
@@ -149,29 +199,49 @@ if has_binding == 1 then
 end
 
 -- 3. GCRA on every identity; all or nothing
+local tau = burst / rate
 local refused, wait = nil, 0
 local tats = {}
 for i = 1, ni do
   local st = states[i]
   local r = rate * (0.5 + st.tr)
-  local tat = math.max(st.t, now) + cost / r
-  if tat - now > burst / rate and refused == nil then
+  local base = now + leased(st) / r
+  if st.t > base then base = st.t end
+  local tat = base + cost / r
+  if tat - now > tau and refused == nil then
     refused = st
-    wait = tat - now - burst / rate
+    wait = tat - now - tau
   end
   tats[i] = tat
 end
 if refused == nil then
   local low = 1.0
   if ni == 0 then low = init_trust end
+  local grants, trusts = {}, {}
   for i = 1, ni do
     local st = states[i]
     st.t = tats[i]
     st.tr = math.min(1.0, st.tr + gain)
+    -- lease: a quarter of what is left, at most lease_max requests, none if under 2
+    local k = 0
+    if lease_max > 0 then
+      local r = rate * (0.5 + st.tr)
+      k = math.floor((tau - (st.t - now)) * r / cost / 4 + 1e-9)
+      if k > lease_max then k = lease_max end
+      if k >= 2 then
+        st.t = st.t + k * cost / r
+        st.tr = math.min(1.0, st.tr + gain * k)
+        st.gc = st.gc + k * cost
+      else
+        k = 0
+      end
+    end
+    grants[i] = f(k * cost)
+    trusts[i] = f(st.tr)
     save(st)
     if st.tr < low then low = st.tr end
   end
-  return answer(1, nil, 0, low, nil, nil, nil)
+  return answer(1, nil, 0, low, nil, nil, nil, grants, trusts)
 end
 local st = refused
 st.tr = math.max(0.0, st.tr - loss)
@@ -408,11 +478,34 @@ class Pipeline:
         self._reset(StoreError("closed"))
 
 
+class _Lease:
+    """One identity's lease in this worker: ``tokens`` leased requests left (in units of request
+    cost), spendable until ``until`` (seconds, in the requests' own clock, ``CheckRequest.now``);
+    ``trust`` the identity's trust (0..1) at the round trip that granted them."""
+
+    __slots__ = ("tokens", "trust", "until")
+
+    def __init__(self, tokens: float, until: float, trust: float) -> None:
+        self.tokens = tokens
+        self.until = until
+        self.trust = trust
+
+
+_EPS: Final = 1e-9  # float slack when comparing token counts (requests)
+
+
 class RedisStore(LimitStore):
-    """Rate limits, bans and bindings in Redis; see the module docstring."""
+    """Rate limits, bans and bindings in Redis, with local leases; see the module docstring.
+
+    ``lease_ttl`` (seconds) is the longest a lease lives (a quarter of the travel window when
+    that is shorter); ``lease_max`` (requests) the most one round trip leases per identity, 0 to
+    ask Redis on every request; ``max_local`` (entries) caps the local identity and session
+    caches each. ``local_answers`` and ``round_trips`` count requests answered each way.
+    """
 
     def __init__(self, url: str, policy: LimitPolicy | None = None, *, timeout: float = 0.05,
-                 namespace: str = "garrison", breaker: CircuitBreaker | None = None) -> None:
+                 namespace: str = "garrison", breaker: CircuitBreaker | None = None,
+                 lease_ttl: float = 5.0, lease_max: int = 8, max_local: int = 100_000) -> None:
         try:
             import redis
             import redis.asyncio
@@ -422,11 +515,20 @@ class RedisStore(LimitStore):
             ) from exc
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if not (lease_ttl > 0 and math.isfinite(lease_ttl)):
+            raise ValueError(f"lease_ttl must be > 0 seconds, got {lease_ttl!r}")
+        if not (isinstance(lease_max, int) and lease_max >= 0):
+            raise ValueError(f"lease_max must be an int >= 0, got {lease_max!r}")
+        if max_local < 16:
+            raise ValueError(f"max_local must be >= 16, got {max_local!r}")
         self.policy = policy or LimitPolicy()
         self.url = url
         self.timeout = timeout
         self.ns = namespace
         self.breaker = breaker or CircuitBreaker()
+        self.lease_ttl = float(lease_ttl)
+        self.lease_max = lease_max
+        self.max_local = max_local
         opts: dict[str, Any] = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
             "retry_on_timeout": False, "health_check_interval": 0,
@@ -444,10 +546,24 @@ class RedisStore(LimitStore):
             p.rate, p.burst, p.initial_trust, p.trust_gain, p.trust_loss, p.strikes,
             p.strike_window, p.backoff, p.offences_to_ban, p.ban, p.max_ban, p.offence_memory,
             p.idle_ttl)]
+        self._lease_args = [str(lease_max), repr(self.lease_ttl)]
+        self._no_lease_args = ["0", repr(self.lease_ttl)]
         self._pending: deque[Any] = deque(maxlen=_MAX_PENDING_BANS)
         self._pending_lock = threading.Lock()
         self.dropped_bans = 0
         self.failed_checks = 0
+        # Leases per identity and confirmed bindings per session (group, agent, confirmed
+        # until, seconds); insertion order is age, for eviction. Guarded by _lock.
+        self._lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._binds: dict[str, tuple[str, str, float]] = {}
+        # Round trips in flight per identity: a request asks for a lease only when none of its
+        # identities has one in flight here, or a burst of concurrent requests would each be
+        # leased tokens that only later requests could spend.
+        self._flying: dict[str, int] = {}
+        self._ok = CheckResult(True, trust=p.initial_trust)
+        self.local_answers = 0
+        self.round_trips = 0
 
     @staticmethod
     def _make_pipeline(url: str, timeout: float) -> Pipeline | None:
@@ -481,9 +597,11 @@ class RedisStore(LimitStore):
                     self.dropped_bans += 1
                 self._pending.append(ban)
 
-    def _args(self, req: CheckRequest, bans: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    def _args(self, req: CheckRequest, bans: tuple[Any, ...],
+              lease: bool = False) -> tuple[list[str], list[str]]:
         keys = [self._key(b.identity) for b in bans] + [self._key(i) for i in req.identities]
         argv = [repr(float(req.now)), *self._policy_args, repr(float(req.cost)),
+                *(self._lease_args if lease else self._no_lease_args),
                 str(len(bans)), str(len(req.identities))]
         b = req.binding
         if b is None:
@@ -496,12 +614,14 @@ class RedisStore(LimitStore):
             argv += [repr(float(ban.duration)), ban.reason]
         return keys, argv
 
-    def _decode(self, raw: Any) -> CheckResult:
-        allowed, reason, retry, trust, event, culprit, bound, until = raw
+    def _decode(self, raw: Any) -> tuple[CheckResult, list[float], list[float]]:
+        """The result, and per request identity the tokens leased (requests x cost) and trust
+        (both empty on a refusal)."""
+        allowed, reason, retry, trust, event, culprit, bound, until, grants, trusts = raw
         prefix = f"{self.ns}:id:"
         text = [x.decode() if isinstance(x, bytes) else str(x)
                 for x in (reason, event, culprit, bound)]
-        return CheckResult(
+        result = CheckResult(
             allowed=int(allowed) == 1,
             reason=text[0] or None,
             retry_after=float(retry),
@@ -511,6 +631,7 @@ class RedisStore(LimitStore):
             bound_group=text[3] or None,
             ban_until=tuple(float(u) for u in until),
         )
+        return result, [float(g) for g in grants], [float(t) for t in trusts]
 
     def _failed(self, exc: BaseException, bans: tuple[Any, ...]) -> CheckResult:
         self.failed_checks += 1
@@ -518,41 +639,199 @@ class RedisStore(LimitStore):
         self._requeue(bans)
         return OPEN
 
-    # -- protocol ---------------------------------------------------------------------------
-    def check(self, req: CheckRequest) -> CheckResult:
-        if not self.breaker.allow():
-            self._requeue(req.bans)
-            return OPEN
-        bans = self._take_bans(req)
-        keys, argv = self._args(req, bans)
-        try:
-            raw = self._sync_script(keys=keys, args=argv)
-            result = self._decode(raw)
-        except Exception as exc:  # any failure of the store means: fail open
-            return self._failed(exc, bans)
-        self.breaker.success()
+    # -- local leases -----------------------------------------------------------------------
+    def _answer_locally(self, req: CheckRequest) -> CheckResult | None:
+        """Allowed from local leases, or None when Redis must be asked (caller holds
+        :attr:`_lock`). Spends ``req.cost`` from every identity's lease when allowed."""
+        if req.bans or self._pending:
+            return None  # bans to write: only a round trip carries them
+        now = req.now
+        need = req.cost - _EPS
+        leases = self._leases
+        low = 2.0  # stays 2.0 only with no identities: Redis answers those
+        for ident in req.identities:
+            e = leases.get(ident)
+            if e is None or e.until <= now or e.tokens < need:
+                return None
+            if e.trust < low:
+                low = e.trust
+        if low > 1.0:
+            return None
+        b = req.binding
+        if b is not None:
+            bc = self._binds.get(b.session)
+            if bc is None or bc[2] <= now or bc[0] != b.group or bc[1] != b.agent:
+                return None
+        cost = req.cost
+        for ident in req.identities:
+            leases[ident].tokens -= cost
+        self.local_answers += 1
+        ok = self._ok
+        if ok.trust != low:
+            self._ok = ok = CheckResult(True, trust=low)
+        return ok
+
+    def _evict(self, now: float) -> None:
+        """Drop expired leases, then the oldest down to 7/8 of the cap, so a sweep (O(cap))
+        runs at most once per cap/8 new identities."""
+        leases = self._leases
+        for ident in [k for k, e in leases.items() if e.until <= now]:
+            del leases[ident]
+        excess = len(leases) - self.max_local * 7 // 8
+        if excess > 0:
+            for ident in list(itertools.islice(leases, excess)):
+                del leases[ident]
+
+    def _bind(self, session: str, group: str, agent: str, until: float, now: float) -> None:
+        """Remember a confirmed binding until ``until`` (seconds), the cache kept bounded."""
+        binds = self._binds
+        if session not in binds and len(binds) >= self.max_local:
+            for s in [k for k, v in binds.items() if v[2] <= now]:
+                del binds[s]
+            excess = len(binds) - self.max_local * 7 // 8
+            if excess > 0:
+                for s in list(itertools.islice(binds, excess)):
+                    del binds[s]
+        binds[session] = (group, agent, until)
+
+    def _learn(self, req: CheckRequest, bans: tuple[Any, ...], result: CheckResult,
+               grants: list[float], trusts: list[float]) -> CheckResult:
+        """Keep the leases a round trip granted and return its answer (caller holds
+        :attr:`_lock`). A ban written, or any refusal but a throttle, drops the identity's
+        lease, so its next request asks Redis (which refuses it). A plain throttle that finds a
+        lease granted meanwhile (to a concurrent request) spends it instead: those tokens are
+        already counted in Redis."""
+        self.round_trips += 1
+        now = req.now
+        leases = self._leases
+        for ban in bans:
+            leases.pop(ban.identity, None)
+        b = req.binding
+        if result.allowed:
+            ttl = self.lease_ttl if b is None else min(self.lease_ttl, b.window / 4)
+            until = now + ttl
+            for ident, grant, trust in zip(req.identities, grants, trusts, strict=False):
+                held = leases.pop(ident, None) if grant > 0 else leases.get(ident)
+                if grant > 0:
+                    if held is not None and held.until > now and held.tokens > _EPS:
+                        held.tokens += grant  # old tokens keep their (earlier) expiry
+                    elif held is not None:
+                        held.tokens, held.until = grant, until
+                    else:
+                        if len(leases) >= self.max_local:
+                            self._evict(now)
+                        held = _Lease(grant, until, trust)
+                    leases[ident] = held  # (re)inserted last: the newest entry
+                if held is not None:
+                    held.trust = trust
+            if b is not None:
+                self._bind(b.session, b.group, b.agent, until, now)
+            return result
+        if result.reason == THROTTLE:
+            if result.event is None and not bans:
+                return self._answer_locally(req) or result
+            return result
+        if result.culprit is not None:  # a ban, back-off or travel
+            leases.pop(result.culprit, None)
+        if b is not None:
+            self._binds.pop(b.session, None)
         return result
 
-    async def acheck(self, req: CheckRequest) -> CheckResult:
-        if not self.breaker.allow():
-            self._requeue(req.bans)
-            return OPEN
-        bans = self._take_bans(req)
-        keys, argv = self._args(req, bans)
+    def _depart(self, req: CheckRequest) -> CheckResult | bool:
+        """Before a round trip: the local answer if there is one, else whether to ask for a
+        lease (no round trip of these identities in flight here); registers the flight."""
+        with self._lock:
+            answer = self._answer_locally(req)
+            if answer is not None:
+                return answer
+            flying = self._flying
+            lease = True
+            for ident in req.identities:
+                n = flying.get(ident, 0)
+                if n:
+                    lease = False
+                flying[ident] = n + 1
+            return lease
+
+    def _land(self, req: CheckRequest) -> None:
+        """After a round trip (caller holds :attr:`_lock`): unregister its flight."""
+        flying = self._flying
+        for ident in req.identities:
+            n = flying.pop(ident, 1) - 1
+            if n > 0:
+                flying[ident] = n
+
+    # -- protocol ---------------------------------------------------------------------------
+    def check(self, req: CheckRequest) -> CheckResult:
+        leasing = self.lease_max > 0
+        lease = False
+        if leasing:
+            local = self._depart(req)
+            if not isinstance(local, bool):
+                return local
+            lease = local
         try:
-            if self._pipe is not None:
-                raw = await self._pipe.call(
-                    [b"EVALSHA", self._pipe.sha, str(len(keys)).encode(),
-                     *(k.encode() for k in keys), *(a.encode() for a in argv)])
-            else:
-                raw = await asyncio.wait_for(
-                    self._async_script(keys=keys, args=argv), timeout=self.timeout * 2
-                )
-            result = self._decode(raw)
-        except Exception as exc:  # any failure of the store means: fail open
-            return self._failed(exc, bans)
-        self.breaker.success()
-        return result
+            if not self.breaker.allow():
+                self._requeue(req.bans)
+                return OPEN
+            bans = self._take_bans(req)
+            keys, argv = self._args(req, bans, lease)
+            try:
+                raw = self._sync_script(keys=keys, args=argv)
+                result, grants, trusts = self._decode(raw)
+            except Exception as exc:  # any failure of the store means: fail open
+                return self._failed(exc, bans)
+            self.breaker.success()
+            with self._lock:
+                if not leasing:
+                    self.round_trips += 1
+                    return result
+                self._land(req)
+                leasing = False  # landed
+                return self._learn(req, bans, result, grants, trusts)
+        finally:
+            if leasing:
+                with self._lock:
+                    self._land(req)
+
+    async def acheck(self, req: CheckRequest) -> CheckResult:
+        leasing = self.lease_max > 0
+        lease = False
+        if leasing:
+            local = self._depart(req)  # test and spend with no await between them
+            if not isinstance(local, bool):
+                return local
+            lease = local
+        try:
+            if not self.breaker.allow():
+                self._requeue(req.bans)
+                return OPEN
+            bans = self._take_bans(req)
+            keys, argv = self._args(req, bans, lease)
+            try:
+                if self._pipe is not None:
+                    raw = await self._pipe.call(
+                        [b"EVALSHA", self._pipe.sha, str(len(keys)).encode(),
+                         *(k.encode() for k in keys), *(a.encode() for a in argv)])
+                else:
+                    raw = await asyncio.wait_for(
+                        self._async_script(keys=keys, args=argv), timeout=self.timeout * 2
+                    )
+                result, grants, trusts = self._decode(raw)
+            except Exception as exc:  # any failure of the store means: fail open
+                return self._failed(exc, bans)
+            self.breaker.success()
+            with self._lock:
+                if not leasing:
+                    self.round_trips += 1
+                    return result
+                self._land(req)
+                leasing = False  # landed
+                return self._learn(req, bans, result, grants, trusts)
+        finally:
+            if leasing:
+                with self._lock:
+                    self._land(req)
 
     def close(self) -> None:
         self._sync.close()

@@ -1,0 +1,251 @@
+"""Local leases of the Redis store, against a real redis-server and simulated time (``now``).
+
+Every store here is a separate :class:`RedisStore` (a "worker") on one namespace, so they share
+state only through Redis, as uvicorn workers or hosts do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from garrison.store.base import (
+    BACKOFF,
+    BOT,
+    EV_TRAVEL,
+    THROTTLE,
+    TRAVEL,
+    Binding,
+    CheckRequest,
+    CheckResult,
+    LimitPolicy,
+    PendingBan,
+)
+from garrison.store.redis import CircuitBreaker, RedisStore
+from tests.web.conftest import RedisServer
+
+T0 = 1_800_000_000.0
+# 10 req/s, burst 100 at the initial trust (0.5) and no trust drift: 100 requests at once, then
+# one per 0.1 s; a round trip on a fresh identity leases min(8, floor(99 / 4)) = 8 requests.
+POLICY = LimitPolicy(rate=10.0, burst=100.0, strikes=3, strike_window=60.0, backoff=30.0,
+                     offences_to_ban=5, trust_gain=0.0, trust_loss=0.0)
+# The same limits without escalation, so a flood keeps getting its refill.
+STEADY = LimitPolicy(rate=10.0, burst=100.0, strikes=10**9, trust_gain=0.0, trust_loss=0.0)
+BURST = 100  # requests
+RATE = 10.0  # requests per second
+
+Make = Callable[..., RedisStore]
+
+
+@pytest.fixture
+def make(redis_server: RedisServer) -> Iterator[Make]:
+    """Stores ("workers") on one namespace of the test's redis-server."""
+    made: list[RedisStore] = []
+
+    def new(**kw: Any) -> RedisStore:
+        kw.setdefault("timeout", 1.0)
+        s = RedisStore(redis_server.url, kw.pop("policy", POLICY), namespace="lease", **kw)
+        made.append(s)
+        return s
+
+    yield new
+    for s in made:
+        s.close()
+
+
+def ask(s: RedisStore, now: float, *ids: str, **kw: Any) -> CheckResult:
+    r = s.check(CheckRequest(now, ids, **kw))
+    assert not r.degraded
+    return r
+
+
+def test_leases_answer_locally_until_spent_or_expired(make: Make) -> None:
+    s = make()
+    assert ask(s, T0, "ip:a").allowed
+    assert (s.round_trips, s.local_answers) == (1, 0)
+    for _ in range(8):  # the lease: no round trip
+        assert ask(s, T0, "ip:a").allowed
+    assert (s.round_trips, s.local_answers) == (1, 8)
+    assert ask(s, T0, "ip:a").allowed  # lease spent: Redis again, which leases 8 more
+    assert s.round_trips == 2
+    assert ask(s, T0 + 4.99, "ip:a").allowed
+    assert (s.round_trips, s.local_answers) == (2, 9)
+    assert ask(s, T0 + 5.0, "ip:a").allowed  # tokens left, but the lease (5 s) has expired
+    assert s.round_trips == 3
+    assert ask(s, T0 + 5.0, "ip:b").allowed  # another identity has its own lease
+    assert s.round_trips == 4
+
+
+def test_lease_with_session_binding_needs_the_same_group_and_agent(make: Make) -> None:
+    s = make()
+    home = Binding("s:1", "198.51.100.0/24", "ua1")
+    assert ask(s, T0, "ip:1", "s:1", binding=home).allowed
+    assert ask(s, T0 + 1, "ip:1", "s:1", binding=home).allowed
+    assert s.round_trips == 1
+    # same group, another user agent: not confirmed locally; Redis decides (travel)
+    r = ask(s, T0 + 2, "ip:1", "s:1", binding=home._replace(agent="ua2"))
+    assert s.round_trips == 2 and not r.allowed and r.reason == TRAVEL
+    # the session is banned now: its lease is gone and Redis refuses it
+    r = ask(s, T0 + 3, "ip:1", "s:1", binding=home)
+    assert s.round_trips == 3 and r.reason == TRAVEL
+
+
+async def test_async_leases_answer_locally(make: Make) -> None:
+    s = make()
+    first = await s.acheck(CheckRequest(T0, ("ip:a", "s:a")))
+    rest = [await s.acheck(CheckRequest(T0, ("ip:a", "s:a"))) for _ in range(8)]
+    assert first.allowed and all(r.allowed and not r.degraded for r in rest)
+    assert (s.round_trips, s.local_answers) == (1, 8)
+    await s.aclose()
+
+
+def _flood(stores: list[RedisStore], start: float, seconds: float, step: float,
+           per_step: int, ident: str = "ip:flood") -> list[tuple[float, int]]:
+    """Each store asks ``per_step`` times for ``ident`` every ``step`` seconds; returns
+    (time, allowed so far) after every step."""
+    allowed = 0
+    out = []
+    n = round(seconds / step)
+    for i in range(n + 1):
+        now = start + i * step
+        for _ in range(per_step):
+            for s in stores:
+                allowed += ask(s, now, ident).allowed
+        out.append((now, allowed))
+    return out
+
+
+def test_two_workers_never_exceed_the_limit_together(make: Make) -> None:
+    a, b = make(policy=STEADY), make(policy=STEADY)
+    history = _flood([a, b], T0, 20.0, 0.05, 3)
+    for now, allowed in history:  # burst plus refill, at every moment
+        assert allowed <= BURST + RATE * (now - T0) + 1e-6, (now, allowed)
+    total = history[-1][1]
+    limit = BURST + RATE * 20.0
+    assert total >= limit - 2 * 8 - 1  # stricter by at most the leases left over per worker
+    assert a.local_answers > 0 and b.local_answers > 0
+
+
+def test_a_lease_spent_late_never_adds_to_a_refilled_bucket(make: Make) -> None:
+    """A worker leases 8 requests, stays quiet while the bucket refills, then both workers
+    flood: the leased tokens still count, so the instant burst stays within the limit."""
+    a, b = make(policy=STEADY), make(policy=STEADY)
+    assert ask(a, T0, "ip:late").allowed  # a leases 8
+    history = _flood([a, b], T0 + 4.9, 0.0, 1.0, 200, "ip:late")
+    assert history[-1][1] <= BURST  # in the same instant: the burst, never burst + lease
+    assert history[-1][1] >= BURST - 2 * 8
+    assert a.local_answers >= 8
+
+
+def test_a_ban_reaches_another_worker_within_one_lease_ttl(make: Make) -> None:
+    a, b = make(), make()
+    assert ask(b, T0, "ip:x").allowed  # b holds a lease until T0 + 5
+    r = a.check(CheckRequest(T0 + 1, ("ip:other",), bans=(PendingBan("ip:x", 100.0, BOT),)))
+    assert r.allowed and r.ban_until == (pytest.approx(T0 + 101),)
+    assert not ask(a, T0 + 1, "ip:x").allowed  # a asks Redis: refused at once
+    assert ask(b, T0 + 4.9, "ip:x").allowed  # b still spends its lease (at most 5 s)
+    r = ask(b, T0 + 5.0, "ip:x")  # and not one moment longer
+    assert not r.allowed and r.reason == BOT and r.retry_after == pytest.approx(96.0)
+
+
+def test_an_escalation_reaches_another_worker_within_one_lease_ttl(make: Make) -> None:
+    a, b = make(lease_ttl=2.0), make(lease_ttl=2.0)
+    assert ask(b, T0, "ip:y").allowed  # b leases 8 until T0 + 2
+    results = [ask(a, T0, "ip:y") for _ in range(200)]
+    assert [r.reason for r in results if not r.allowed][:3] == [THROTTLE, THROTTLE, BACKOFF]
+    assert ask(b, T0 + 1.9, "ip:y").allowed
+    r = ask(b, T0 + 2.0, "ip:y")
+    assert not r.allowed and r.reason == BACKOFF
+
+
+def test_impossible_travel_is_caught_while_another_worker_holds_the_lease(make: Make) -> None:
+    a, b = make(), make()
+    home = Binding("s:t", "198.51.100.0/24", window=60.0)
+    away = Binding("s:t", "203.0.113.0/24", window=60.0)
+    now = T0
+    for _ in range(200):  # a busy session at home for 100 s, mostly answered by a's leases
+        assert ask(a, now, "ip:home", "s:t", binding=home).allowed
+        now += 0.5
+    assert a.local_answers > a.round_trips
+    r = ask(b, now, "ip:away", "s:t", binding=away)  # b has no lease: Redis sees the travel
+    assert not r.allowed and r.reason == TRAVEL and r.event == EV_TRAVEL
+    assert r.bound_group == home.group
+    # a refuses the session once its lease (a quarter of the window, max 5 s) has expired
+    assert ask(a, now + 5.0, "ip:home", "s:t", binding=home).reason == TRAVEL
+
+
+def test_lease_ttl_is_at_most_a_quarter_of_the_travel_window(make: Make) -> None:
+    s = make()
+    short = Binding("s:w", "198.51.100.0/24", window=8.0)  # leases live 2 s, not 5 s
+    assert ask(s, T0, "ip:w", "s:w", binding=short).allowed
+    assert ask(s, T0 + 1.99, "ip:w", "s:w", binding=short).allowed
+    assert s.round_trips == 1
+    assert ask(s, T0 + 2.0, "ip:w", "s:w", binding=short).allowed
+    assert s.round_trips == 2
+
+
+def test_local_cache_stays_bounded_under_a_flood_of_identities(make: Make) -> None:
+    s = make(max_local=64)
+    for i in range(1000):
+        assert ask(s, T0, f"ip:{i}", f"s:{i}",
+                   binding=Binding(f"s:{i}", f"10.{i // 256}.{i % 256}.0/24")).allowed
+        assert len(s._leases) <= 64 and len(s._binds) <= 64
+    assert s.round_trips == 1000
+    assert ask(s, T0, "ip:999", "s:999", binding=Binding("s:999", "10.3.231.0/24")).allowed
+    assert s.round_trips == 1000  # the newest client kept its lease
+    assert ask(s, T0, "ip:0", "s:0", binding=Binding("s:0", "10.0.0.0/24")).allowed
+    assert s.round_trips == 1001  # the oldest was dropped
+
+
+def test_lease_max_zero_asks_redis_every_time(make: Make) -> None:
+    s = make(lease_max=0)
+    results = [ask(s, T0, "ip:z").allowed for _ in range(110)]
+    assert results == [True] * BURST + [False] * 10  # exact, as without leases
+    assert (s.round_trips, s.local_answers) == (110, 0)
+
+
+def test_leases_are_spent_while_redis_is_down(make: Make, redis_server: RedisServer) -> None:
+    s = make(breaker=CircuitBreaker(failures=1, cooldown=60.0), timeout=0.2)
+    assert ask(s, T0, "ip:kept").allowed
+    redis_server.stop()
+    kept = [s.check(CheckRequest(T0 + 1, ("ip:kept",))) for _ in range(8)]
+    assert all(r.allowed and not r.degraded for r in kept)  # the lease, no Redis needed
+    other = s.check(CheckRequest(T0 + 1, ("ip:new",)))
+    assert other.allowed and other.degraded  # fail open
+
+
+def test_concurrent_async_checks_stay_exact_across_workers(make: Make) -> None:
+    """Both workers' requests in flight at once (one pipeline each): the burst, not more, and
+    not much less (a worker asks for a lease only with no request of that client in flight,
+    so the concurrent ones are checked exactly)."""
+    a, b = make(policy=STEADY), make(policy=STEADY)
+
+    async def run() -> int:
+        rs = await asyncio.gather(*(s.acheck(CheckRequest(T0, ("ip:c",)))
+                                    for _ in range(150) for s in (a, b)))
+        assert not any(r.degraded for r in rs)
+        await a.aclose()
+        await b.aclose()
+        return sum(r.allowed for r in rs)
+
+    allowed = asyncio.run(run())
+    assert BURST - 2 * 8 <= allowed <= BURST
+
+
+def test_a_concurrent_burst_within_the_limit_is_all_allowed(make: Make) -> None:
+    """A page load: 60 requests of one client at once, under the burst of 100: all pass
+    (leasing each reply's tokens to requests already in flight would refuse some)."""
+    s = make()
+
+    async def run() -> list[CheckResult]:
+        rs = await asyncio.gather(*(s.acheck(CheckRequest(T0, ("ip:page", "s:page")))
+                                    for _ in range(60)))
+        await s.aclose()
+        return rs
+
+    rs = asyncio.run(run())
+    assert all(r.allowed and not r.degraded for r in rs)
+    assert s.round_trips == 60
