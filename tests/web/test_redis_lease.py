@@ -140,6 +140,20 @@ def test_a_lease_spent_late_never_adds_to_a_refilled_bucket(make: Make) -> None:
     assert a.local_answers >= 8
 
 
+def test_busy_clients_keep_their_burst(make: Make) -> None:
+    """Redis counts only the leased tokens a worker still holds (each worker reports them), so
+    a client busy at half its rate through two workers, mostly answered locally, can still
+    burst: at most the leases left over per worker short of the full burst."""
+    a, b = make(policy=STEADY), make(policy=STEADY)
+    now = T0
+    for i in range(200):  # 5 req/s for 40 s, alternating workers
+        assert ask(a if i % 2 else b, now, "ip:busy").allowed
+        now += 0.2
+    assert a.local_answers + b.local_answers > 150
+    burst = _flood([a, b], now, 0.0, 1.0, 100, "ip:busy")[-1][1]
+    assert BURST - 2 * 8 - 2 <= burst <= BURST
+
+
 def test_a_ban_reaches_another_worker_within_one_lease_ttl(make: Make) -> None:
     a, b = make(), make()
     assert ask(b, T0, "ip:x").allowed  # b holds a lease until T0 + 5

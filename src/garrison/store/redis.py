@@ -15,15 +15,18 @@ workers sharing a namespace should share a clock and the same ``lease_ttl``.
 
 Safety: leased tokens are counted in Redis when granted, and unused ones simply expire, never
 given back, so the limit across workers can only be stricter, never looser: a client spread
-over W workers may be refused up to about ``W * lease_max`` requests early. Redis also counts
-the tokens leased in the last two lease windows as still in the bucket until they expire, so a
-lease spent late cannot add to a bucket that refilled meanwhile (no burst above ``burst``). A
-worker asks for a lease only when it has no round trip in flight for the request's identities,
-so a burst of concurrent requests is checked exactly instead of being leased tokens that only
-later requests could spend. The price is staleness: a ban or escalation decided in another
-worker (or Redis's view of a session's last request) reaches this worker within one lease TTL.
-A ban this worker writes or is told about drops the identity's lease at once; bans are not
-answered locally (the web engine keeps its own), so with Redis down every request passes.
+over W workers may be refused up to about ``W * lease_max`` requests early. Each round trip
+also reports what the worker still holds of each identity's lease, and Redis counts the tokens
+workers may still spend as in the bucket until they expire, so a lease spent late cannot add to
+a bucket that refilled meanwhile (no burst above ``burst``), while spent tokens drain as usual
+(a busy client keeps its burst). A worker asks for a lease only when it has no round trip in
+flight for the request's identities, so a burst of concurrent requests is checked exactly
+instead of being leased tokens that only later requests could spend.
+
+The price is staleness: a ban or escalation decided in another worker (or Redis's view of a
+session's last request) reaches this worker within one lease TTL. A ban this worker writes or
+is told about drops the identity's lease at once; bans are not answered locally (the web engine
+keeps its own), so with Redis down every request passes.
 
 Failure is expected: every call is bounded by ``timeout`` seconds; on an error or timeout the
 request passes (fail open; leases held are still spent), a :class:`CircuitBreaker` stops waiting
@@ -32,6 +35,7 @@ on a dead server for ``cooldown`` seconds, the failure is logged at most once pe
 decided while Redis is away wait in a bounded queue and go out with the next successful check.
 Local state is bounded: ``max_local`` leased identities and as many confirmed sessions.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,6 +43,7 @@ import hashlib
 import itertools
 import logging
 import math
+import secrets
 import threading
 import time
 from collections import deque
@@ -66,8 +71,9 @@ CHECK_SCRIPT: Final = """
 --       and the session's identity key.
 -- ARGV: now, rate, burst, initial_trust, trust_gain, trust_loss, strikes, strike_window,
 --       backoff, offences_to_ban, ban, max_ban, offence_memory, idle_ttl, cost,
---       lease_max, lease_window, nb, ni, has_binding,
---       [group, agent, bind_ttl, bind_ban, bind_window], then nb x (duration, reason)
+--       lease_max, lease_ttl, worker, nb, ni, has_binding,
+--       [group, agent, bind_ttl, bind_ban, bind_window], then nb x (duration, reason),
+--       then ni x (tokens, until, seq): the lease this worker still holds per identity
 local now = tonumber(ARGV[1])
 local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
 local init_trust, gain, loss = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -75,36 +81,44 @@ local max_strikes, strike_window = tonumber(ARGV[7]), tonumber(ARGV[8])
 local backoff, to_ban, ban_base = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local max_ban, offence_memory, idle_ttl = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local cost = tonumber(ARGV[15])
-local lease_max, lease_window = tonumber(ARGV[16]), tonumber(ARGV[17])
-local nb, ni, has_binding = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
-local argi = 21
+local lease_max, lease_ttl, worker = tonumber(ARGV[16]), tonumber(ARGV[17]), ARGV[18]
+local nb, ni, has_binding = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local argi = 22
 local group, agent, bind_ttl, bind_ban, bind_window
 if has_binding == 1 then
-  group, agent = ARGV[21], ARGV[22]
-  bind_ttl, bind_ban, bind_window = tonumber(ARGV[23]), tonumber(ARGV[24]), tonumber(ARGV[25])
-  argi = 26
+  group, agent = ARGV[22], ARGV[23]
+  bind_ttl, bind_ban, bind_window = tonumber(ARGV[24]), tonumber(ARGV[25]), tonumber(ARGV[26])
+  argi = 27
 end
+local repi = argi + 2 * nb
 
 local function f(x) return string.format('%.17g', x) end
 
 -- An identity's state is one string "tat trust strikes wstart offences ban_until
--- Lwindow:leased:leased_before reason" with a TAT: one GET to load, one SET ... PX to save.
--- leased / leased_before: tokens leased out in the current / previous lease window (a window
--- is lease_window seconds, the longest a lease lives, so older leases have expired).
+-- L<seq><leases> reason" with a TTL: one GET to load, one SET ... PX to save. <leases> is
+-- ",worker:tokens:until:seq" per worker that may hold leased tokens of this identity (tokens
+-- in request-cost units, until in seconds); seq counts grants, so a worker's report of what it
+-- holds that left before its latest grant landed is recognised as stale.
 local function load(key)
   local v = redis.call('GET', key)
   local st = {key = key, t = 0, tr = init_trust, s = 0, w = 0, o = 0, b = 0, r = '',
-              wn = 0, gc = 0, gp = 0}
+              q = 0, ls = {}}
   if v then
-    local t, tr, s, w, o, b, wn, gc, gp, r = string.match(v,
-      '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) L([^:%s]+):([^:%s]+):(%S+) ?(.*)$')
+    local t, tr, s, w, o, b, l, r = string.match(v,
+      '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) L(%d%S*) ?(.*)$')
     if not t then  -- written before leases existed
       t, tr, s, w, o, b, r = string.match(v, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) ?(.*)$')
     end
     if t then
       st.t, st.tr, st.s, st.w = tonumber(t), tonumber(tr), tonumber(s), tonumber(w)
       st.o, st.b, st.r = tonumber(o), tonumber(b), r
-      st.wn, st.gc, st.gp = tonumber(wn) or 0, tonumber(gc) or 0, tonumber(gp) or 0
+      if l then
+        st.q = tonumber(string.match(l, '^(%d+)')) or 0
+        for lw, lt, lu, lq in string.gmatch(l, ',([^:,]+):([^:,]+):([^:,]+):([^:,]+)') do
+          local u = tonumber(lu) or 0
+          if u > now then st.ls[lw] = {tonumber(lt) or 0, u, tonumber(lq) or 0} end
+        end
+      end
     end
   end
   return st
@@ -115,23 +129,48 @@ local function save(st)
   if st.o > 0 and offence_memory > keep then keep = offence_memory end
   local until_ = now + keep
   if st.b > until_ then until_ = st.b end
+  local ls = {}
+  for lw, e in pairs(st.ls) do
+    if e[1] > 0 and e[2] > now then
+      ls[#ls + 1] = ',' .. lw .. ':' .. f(e[1]) .. ':' .. f(e[2]) .. ':' .. e[3]
+    end
+  end
   redis.call('SET', st.key, f(st.t) .. ' ' .. f(st.tr) .. ' ' .. st.s .. ' ' .. f(st.w) .. ' '
-             .. st.o .. ' ' .. f(st.b) .. ' L' .. f(st.wn) .. ':' .. f(st.gc) .. ':'
-             .. f(st.gp) .. ' ' .. st.r, 'PX', math.ceil((until_ - now) * 1000))
+             .. st.o .. ' ' .. f(st.b) .. ' L' .. st.q .. table.concat(ls) .. ' ' .. st.r,
+             'PX', math.ceil((until_ - now) * 1000))
 end
 
--- Tokens possibly still unspent in leases of this identity (any worker): those granted in this
--- lease window and the previous one. Until they expire, GCRA counts them as still in the
--- bucket, so a worker spending its lease late can never add to a bucket that refilled.
-local function leased(st)
-  if lease_window <= 0 then return 0 end
-  local m = math.floor(now / lease_window)
-  if m > st.wn then
-    if m == st.wn + 1 then st.gp = st.gc else st.gp = 0 end
-    st.gc = 0
-    st.wn = m
+-- Leased tokens of this identity some worker may still spend. Until they expire GCRA counts
+-- them as still in the bucket, so a lease spent late cannot add to a bucket that refilled.
+-- First this worker's own report (tokens left, until, seq of its latest grant landed).
+local function leased(st, i)
+  local lt, lu, lq = tonumber(ARGV[repi + 3 * (i - 1)]), tonumber(ARGV[repi + 3 * (i - 1) + 1]),
+                     tonumber(ARGV[repi + 3 * (i - 1) + 2])
+  local mine = st.ls[worker]
+  if mine == nil or lq >= mine[3] then
+    if lt > 0 and lu > now then st.ls[worker] = {lt, lu, lq} else st.ls[worker] = nil end
   end
-  return st.gc + st.gp
+  local n, total = 0, 0
+  for _, e in pairs(st.ls) do
+    if e[2] > now then
+      total = total + e[1]
+      n = n + 1
+    end
+  end
+  -- bounded: past 64 workers, the leases expiring first fold into one (sum, latest expiry)
+  while n > 64 do
+    local k1, k2
+    for lw, e in pairs(st.ls) do
+      if k1 == nil or e[2] < st.ls[k1][2] then k2 = k1; k1 = lw
+      elseif k2 == nil or e[2] < st.ls[k2][2] then k2 = lw end
+    end
+    local a, b = st.ls[k1], st.ls[k2]
+    st.ls['*' .. k2] = {a[1] + b[1], math.max(a[2], b[2]), 0}
+    st.ls[k1] = nil
+    st.ls[k2] = nil
+    n = n - 1
+  end
+  return total
 end
 
 local function ban_length(base, offences)
@@ -156,9 +195,10 @@ for i = 1, nb do
 end
 
 local no_leases = {}
-local function answer(allowed, reason, retry, trust, event, culprit, bound, grants, trusts)
+local function answer(allowed, reason, retry, trust, event, culprit, bound, grants, trusts,
+                      seqs)
   return {allowed, reason or '', f(retry), f(trust), event or '', culprit or '', bound or '',
-          ban_until, grants or no_leases, trusts or no_leases}
+          ban_until, grants or no_leases, trusts or no_leases, seqs or no_leases}
 end
 
 -- 1. standing bans
@@ -205,7 +245,7 @@ local tats = {}
 for i = 1, ni do
   local st = states[i]
   local r = rate * (0.5 + st.tr)
-  local base = now + leased(st) / r
+  local base = now + leased(st, i) / r
   if st.t > base then base = st.t end
   local tat = base + cost / r
   if tat - now > tau and refused == nil then
@@ -217,7 +257,7 @@ end
 if refused == nil then
   local low = 1.0
   if ni == 0 then low = init_trust end
-  local grants, trusts = {}, {}
+  local grants, trusts, seqs = {}, {}, {}
   for i = 1, ni do
     local st = states[i]
     st.t = tats[i]
@@ -231,17 +271,24 @@ if refused == nil then
       if k >= 2 then
         st.t = st.t + k * cost / r
         st.tr = math.min(1.0, st.tr + gain * k)
-        st.gc = st.gc + k * cost
+        st.q = st.q + 1
+        local mine = st.ls[worker]
+        if mine ~= nil and mine[2] > now then
+          st.ls[worker] = {mine[1] + k * cost, math.max(mine[2], now + lease_ttl), st.q}
+        else
+          st.ls[worker] = {k * cost, now + lease_ttl, st.q}
+        end
       else
         k = 0
       end
     end
     grants[i] = f(k * cost)
     trusts[i] = f(st.tr)
+    seqs[i] = st.q
     save(st)
     if st.tr < low then low = st.tr end
   end
-  return answer(1, nil, 0, low, nil, nil, nil, grants, trusts)
+  return answer(1, nil, 0, low, nil, nil, nil, grants, trusts, seqs)
 end
 local st = refused
 st.tr = math.max(0.0, st.tr - loss)
@@ -481,14 +528,16 @@ class Pipeline:
 class _Lease:
     """One identity's lease in this worker: ``tokens`` leased requests left (in units of request
     cost), spendable until ``until`` (seconds, in the requests' own clock, ``CheckRequest.now``);
-    ``trust`` the identity's trust (0..1) at the round trip that granted them."""
+    ``trust`` the identity's trust (0..1) at the last round trip; ``seq`` Redis's number of the
+    latest grant (it tells stale reports of what this worker holds from fresh ones)."""
 
-    __slots__ = ("tokens", "trust", "until")
+    __slots__ = ("seq", "tokens", "trust", "until")
 
-    def __init__(self, tokens: float, until: float, trust: float) -> None:
+    def __init__(self, tokens: float, until: float, trust: float, seq: int) -> None:
         self.tokens = tokens
         self.until = until
         self.trust = trust
+        self.seq = seq
 
 
 _EPS: Final = 1e-9  # float slack when comparing token counts (requests)
@@ -546,8 +595,7 @@ class RedisStore(LimitStore):
             p.rate, p.burst, p.initial_trust, p.trust_gain, p.trust_loss, p.strikes,
             p.strike_window, p.backoff, p.offences_to_ban, p.ban, p.max_ban, p.offence_memory,
             p.idle_ttl)]
-        self._lease_args = [str(lease_max), repr(self.lease_ttl)]
-        self._no_lease_args = ["0", repr(self.lease_ttl)]
+        self._wid = secrets.token_hex(6)  # this worker, in Redis's account of leases
         self._pending: deque[Any] = deque(maxlen=_MAX_PENDING_BANS)
         self._pending_lock = threading.Lock()
         self.dropped_bans = 0
@@ -597,11 +645,18 @@ class RedisStore(LimitStore):
                     self.dropped_bans += 1
                 self._pending.append(ban)
 
-    def _args(self, req: CheckRequest, bans: tuple[Any, ...],
-              lease: bool = False) -> tuple[list[str], list[str]]:
+    def _ttl(self, req: CheckRequest) -> float:
+        """Seconds a lease granted to ``req`` lives: a quarter of the travel window at most."""
+        b = req.binding
+        return self.lease_ttl if b is None else min(self.lease_ttl, b.window / 4)
+
+    def _args(self, req: CheckRequest, bans: tuple[Any, ...], lease: bool = False,
+              held: list[str] | None = None) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of the script; ``held``: (tokens, until, seq) per identity, what this
+        worker still holds of each one's lease (zeros when none)."""
         keys = [self._key(b.identity) for b in bans] + [self._key(i) for i in req.identities]
         argv = [repr(float(req.now)), *self._policy_args, repr(float(req.cost)),
-                *(self._lease_args if lease else self._no_lease_args),
+                str(self.lease_max) if lease else "0", repr(self._ttl(req)), self._wid,
                 str(len(bans)), str(len(req.identities))]
         b = req.binding
         if b is None:
@@ -612,12 +667,13 @@ class RedisStore(LimitStore):
                      repr(float(b.window))]
         for ban in bans:
             argv += [repr(float(ban.duration)), ban.reason]
+        argv += held if held is not None else ["0", "0", "0"] * len(req.identities)
         return keys, argv
 
-    def _decode(self, raw: Any) -> tuple[CheckResult, list[float], list[float]]:
-        """The result, and per request identity the tokens leased (requests x cost) and trust
-        (both empty on a refusal)."""
-        allowed, reason, retry, trust, event, culprit, bound, until, grants, trusts = raw
+    def _decode(self, raw: Any) -> tuple[CheckResult, list[float], list[float], list[int]]:
+        """The result, and per request identity the tokens leased (requests x cost), trust and
+        grant number (all empty on a refusal)."""
+        allowed, reason, retry, trust, event, culprit, bound, until, grants, trusts, seqs = raw
         prefix = f"{self.ns}:id:"
         text = [x.decode() if isinstance(x, bytes) else str(x)
                 for x in (reason, event, culprit, bound)]
@@ -631,7 +687,8 @@ class RedisStore(LimitStore):
             bound_group=text[3] or None,
             ban_until=tuple(float(u) for u in until),
         )
-        return result, [float(g) for g in grants], [float(t) for t in trusts]
+        return (result, [float(g) for g in grants], [float(t) for t in trusts],
+                [int(q) for q in seqs])
 
     def _failed(self, exc: BaseException, bans: tuple[Any, ...]) -> CheckResult:
         self.failed_checks += 1
@@ -695,7 +752,7 @@ class RedisStore(LimitStore):
         binds[session] = (group, agent, until)
 
     def _learn(self, req: CheckRequest, bans: tuple[Any, ...], result: CheckResult,
-               grants: list[float], trusts: list[float]) -> CheckResult:
+               grants: list[float], trusts: list[float], seqs: list[int]) -> CheckResult:
         """Keep the leases a round trip granted and return its answer (caller holds
         :attr:`_lock`). A ban written, or any refusal but a throttle, drops the identity's
         lease, so its next request asks Redis (which refuses it). A plain throttle that finds a
@@ -708,19 +765,23 @@ class RedisStore(LimitStore):
             leases.pop(ban.identity, None)
         b = req.binding
         if result.allowed:
-            ttl = self.lease_ttl if b is None else min(self.lease_ttl, b.window / 4)
-            until = now + ttl
-            for ident, grant, trust in zip(req.identities, grants, trusts, strict=False):
+            until = now + self._ttl(req)  # Redis counts the tokens at least this long
+            for ident, grant, trust, seq in zip(req.identities, grants, trusts, seqs,
+                                                strict=False):
                 held = leases.pop(ident, None) if grant > 0 else leases.get(ident)
                 if grant > 0:
-                    if held is not None and held.until > now and held.tokens > _EPS:
-                        held.tokens += grant  # old tokens keep their (earlier) expiry
-                    elif held is not None:
-                        held.tokens, held.until = grant, until
-                    else:
+                    if held is None:
                         if len(leases) >= self.max_local:
                             self._evict(now)
-                        held = _Lease(grant, until, trust)
+                        held = _Lease(grant, until, trust, seq)
+                    else:
+                        if held.until > now and held.tokens > _EPS:
+                            held.tokens += grant
+                        else:
+                            held.tokens = grant
+                        held.until = until
+                        if seq > held.seq:
+                            held.seq = seq
                     leases[ident] = held  # (re)inserted last: the newest entry
                 if held is not None:
                     held.trust = trust
@@ -737,21 +798,32 @@ class RedisStore(LimitStore):
             self._binds.pop(b.session, None)
         return result
 
-    def _depart(self, req: CheckRequest) -> CheckResult | bool:
+    def _depart(self, req: CheckRequest) -> CheckResult | tuple[bool, list[str]]:
         """Before a round trip: the local answer if there is one, else whether to ask for a
-        lease (no round trip of these identities in flight here); registers the flight."""
+        lease (no round trip of these identities in flight here) and what this worker holds of
+        each identity's lease (tokens, until, seq); registers the flight."""
         with self._lock:
             answer = self._answer_locally(req)
             if answer is not None:
                 return answer
             flying = self._flying
+            leases = self._leases
+            now = req.now
             lease = True
+            held: list[str] = []
             for ident in req.identities:
                 n = flying.get(ident, 0)
                 if n:
                     lease = False
                 flying[ident] = n + 1
-            return lease
+                e = leases.get(ident)
+                if e is None:
+                    held += ("0", "0", "0")
+                elif e.until > now:
+                    held += (repr(e.tokens), repr(e.until), str(e.seq))
+                else:
+                    held += ("0", "0", str(e.seq))
+            return lease, held
 
     def _land(self, req: CheckRequest) -> None:
         """After a round trip (caller holds :attr:`_lock`): unregister its flight."""
@@ -764,21 +836,21 @@ class RedisStore(LimitStore):
     # -- protocol ---------------------------------------------------------------------------
     def check(self, req: CheckRequest) -> CheckResult:
         leasing = self.lease_max > 0
-        lease = False
+        lease, held = False, None
         if leasing:
             local = self._depart(req)
-            if not isinstance(local, bool):
+            if isinstance(local, CheckResult):
                 return local
-            lease = local
+            lease, held = local
         try:
             if not self.breaker.allow():
                 self._requeue(req.bans)
                 return OPEN
             bans = self._take_bans(req)
-            keys, argv = self._args(req, bans, lease)
+            keys, argv = self._args(req, bans, lease, held)
             try:
                 raw = self._sync_script(keys=keys, args=argv)
-                result, grants, trusts = self._decode(raw)
+                result, grants, trusts, seqs = self._decode(raw)
             except Exception as exc:  # any failure of the store means: fail open
                 return self._failed(exc, bans)
             self.breaker.success()
@@ -788,7 +860,7 @@ class RedisStore(LimitStore):
                     return result
                 self._land(req)
                 leasing = False  # landed
-                return self._learn(req, bans, result, grants, trusts)
+                return self._learn(req, bans, result, grants, trusts, seqs)
         finally:
             if leasing:
                 with self._lock:
@@ -796,18 +868,18 @@ class RedisStore(LimitStore):
 
     async def acheck(self, req: CheckRequest) -> CheckResult:
         leasing = self.lease_max > 0
-        lease = False
+        lease, held = False, None
         if leasing:
             local = self._depart(req)  # test and spend with no await between them
-            if not isinstance(local, bool):
+            if isinstance(local, CheckResult):
                 return local
-            lease = local
+            lease, held = local
         try:
             if not self.breaker.allow():
                 self._requeue(req.bans)
                 return OPEN
             bans = self._take_bans(req)
-            keys, argv = self._args(req, bans, lease)
+            keys, argv = self._args(req, bans, lease, held)
             try:
                 if self._pipe is not None:
                     raw = await self._pipe.call(
@@ -817,7 +889,7 @@ class RedisStore(LimitStore):
                     raw = await asyncio.wait_for(
                         self._async_script(keys=keys, args=argv), timeout=self.timeout * 2
                     )
-                result, grants, trusts = self._decode(raw)
+                result, grants, trusts, seqs = self._decode(raw)
             except Exception as exc:  # any failure of the store means: fail open
                 return self._failed(exc, bans)
             self.breaker.success()
@@ -827,7 +899,7 @@ class RedisStore(LimitStore):
                     return result
                 self._land(req)
                 leasing = False  # landed
-                return self._learn(req, bans, result, grants, trusts)
+                return self._learn(req, bans, result, grants, trusts, seqs)
         finally:
             if leasing:
                 with self._lock:
