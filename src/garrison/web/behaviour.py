@@ -1,8 +1,10 @@
 """Behavioural bot scoring: per-key request history and the risk it implies.
 
 A key (an IP group or a session) keeps its last :data:`HISTORY` requests in fixed-size rings
-(timestamp, path hash, status, bytes), so its memory is bounded and its counters are windowed:
-only requests within ``window`` seconds of the newest count.
+(timestamp, path hash, status class, bytes, squared gap; see :data:`WIDTH`), so its memory is
+bounded and its counters are windowed: only requests within ``window`` seconds of the newest
+count. Computing the features is O(distinct paths) in Python for the common case (running sums
+and counts done in C), since the scorer runs after every request a server answers.
 
 Features, each normalised to 0..1 (risk):
 
@@ -31,12 +33,16 @@ or a browser fetching one page and its assets, is never scored.
 from __future__ import annotations
 
 import math
-import operator
 import zlib
 from array import array
-from collections import Counter
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
+
+try:  # the C helper behind collections.Counter: counts an iterable into a dict
+    from _collections import _count_elements  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - other interpreters
+    def _count_elements(mapping: dict[float, int], iterable: array[float]) -> None:
+        for x in iterable:
+            mapping[x] = mapping.get(x, 0) + 1
 
 HISTORY: Final = 32
 """Requests remembered per key."""
@@ -50,22 +56,41 @@ RPM_FULL: Final = 150.0
 VOLUME_FULL: Final = 50 * 1024 * 1024
 """Bytes per window that count as full volume risk."""
 
-_PATH, _SIZE, _STATUS = 1, 2, 3
-"""Offsets within one request's record; records are interleaved (timestamp, path, bytes,
-status), so recording a request touches one 32-byte span of the ring (one cache line), not
-four scattered slots: with many thousands of keys, cache misses are most of the cost."""
-_ZEROS: Final = bytes(8 * 4 * HISTORY)
+WIDTH: Final = 3
+"""Doubles per request in the ring: timestamp, bytes, and the squared gap to the request
+before (seconds squared), interleaved, so recording a request touches one span of the ring.
+The status class (0: < 400, 1: 4xx, 2: 5xx) of each request is kept in a ``bytearray`` and its
+path (an interned hash, see :func:`path_hash`) in a list, so that errors are counted with
+``bytearray.count`` and paths with the C counter behind ``collections.Counter``, with no
+object made per element; bytes and squared gaps are also kept as running sums."""
+_SIZE, _GAP2 = 1, 2
+_ZEROS: Final = bytes(8 * WIDTH * HISTORY)
 _NO_RING: Final = array("d")  # shared and empty: a key that never had a request
-_MAX_SIZE: Final = float(1 << 52)
-_AT_LEAST_400: Final = (400.0).__le__
-_AT_LEAST_500: Final = (500.0).__le__  # doubles hold integers exactly up to 2**53
+_PLOGP: Final = tuple(
+    (0.0, *(-(c / n) * math.log2(c / n) for c in range(1, HISTORY + 1))) for n in range(HISTORY + 1)
+    if n
+)
+"""``_PLOGP[n - 1][c]``: the entropy term of a path seen ``c`` times among ``n`` requests."""
+_RESYNC: Final = 64
+"""Requests after which a key's running sums are recomputed from its ring (float drift)."""
 
 IP_WEIGHTS: Final = {"rate": 0.30, "errors": 0.10, "entropy": 0.25, "timing": 0.25, "volume": 0.10}
 SESSION_WEIGHTS: Final = {"rate": 0.35, "timing": 0.35, "entropy": 0.30}
+FEATURES: Final = ("rate", "errors", "entropy", "timing", "volume")
+"""The normalised features, in the order of :class:`Features` and of :func:`weight_vector`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Features:
+def weight_vector(weights: dict[str, float]) -> tuple[float, float, float, float, float]:
+    """``weights`` as one factor per feature (in :data:`FEATURES` order), normalised to sum
+    to 1 (all zeros when they sum to 0 or less), for :meth:`Features.weighted`."""
+    total = sum(weights.values())
+    if total <= 0:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    r, e, n, t, v = (float(weights.get(name, 0.0)) / total for name in FEATURES)
+    return (r, e, n, t, v)
+
+
+class Features(NamedTuple):
     """Normalised features of one key (each 0..1) and the raw figures behind them."""
 
     rate: float
@@ -80,11 +105,11 @@ class Features:
 
     def risk(self, weights: dict[str, float]) -> float:
         """Weighted risk 0..1 (weights are normalised to sum to 1)."""
-        total = sum(weights.values())
-        if total <= 0:
-            return 0.0
-        value = sum(getattr(self, name) * w for name, w in weights.items())
-        return float(max(0.0, min(1.0, value / total)))
+        return self.weighted(weight_vector(weights))
+
+    def weighted(self, w: tuple[float, float, float, float, float]) -> float:
+        """Risk 0..1 with a :func:`weight_vector` (the engine computes that once)."""
+        return weighted_risk(self, w)
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -96,18 +121,32 @@ class Features:
         }
 
 
+Measure = tuple[float, float, float, float, float, float, float, float, int]
+"""The fields of :class:`Features` as a plain tuple."""
+
+
+def weighted_risk(m: Measure, w: tuple[float, float, float, float, float]) -> float:
+    """Risk 0..1 of a :data:`Measure` with a :func:`weight_vector`."""
+    value = m[0] * w[0] + m[1] * w[1] + m[2] * w[2] + m[3] * w[3] + m[4] * w[4]
+    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else value
+
+
 def path_hash(path: str) -> int:
-    """A 32-bit signed hash of a path (stable across processes, unlike ``hash``)."""
-    h = zlib.crc32(path.encode("utf-8", "surrogateescape"))
-    return h - (1 << 32) if h >= (1 << 31) else h
+    """A 32-bit hash of a path (stable across processes, unlike ``hash``)."""
+    return zlib.crc32(path.encode("utf-8", "surrogateescape"))
+
+
+def status_class(status: int) -> int:
+    """0 for a status below 400, 1 for a 4xx (the client's error), 2 for 5xx (the server's)."""
+    return 0 if status < 400 else 1 if status < 500 else 2
 
 
 class History:
-    """The last :data:`HISTORY` requests of one key, in one ring of doubles (one allocation):
-    one record of four doubles (timestamp, path hash, bytes, status) per request. About 1.1 KB,
-    allocated with the first request."""
+    """The last :data:`HISTORY` requests of one key (see :data:`WIDTH`). About 1.2 KB,
+    allocated with the first request, plus the path hashes it shares with other keys."""
 
-    __slots__ = ("_bucket", "_cur", "_prev", "_ring", "count", "idx")
+    __slots__ = ("_bucket", "_classes", "_cur", "_paths", "_prev", "_ring", "count", "idx",
+                 "last", "s2", "volume")
 
     def __init__(self) -> None:
         self.clear()
@@ -116,25 +155,56 @@ class History:
         """Forget every request. The ring is allocated by the first :meth:`add`, so an
         identity that is never scored (an API key, a limiter-only record) costs no ring."""
         self._ring = _NO_RING
+        self._classes = bytearray()
+        self._paths: list[int] = []
         self.idx = 0
         self.count = 0
+        self.last = 0.0
+        self.volume = 0.0
+        self.s2 = 0.0
         self._bucket = 0.0
         self._cur = 0
         self._prev = 0
 
     def add(self, ts: float, path: int, status: int, size: int) -> None:
         """Record one answered request (``ts`` seconds, ``size`` bytes sent)."""
-        i = self.idx
+        self.note(ts, path, 0 if status < 400 else 1 if status < 500 else 2, size)
+
+    def note(self, ts: float, path: int, cls: int, size: float) -> None:
+        """:meth:`add` with the status already as its :func:`status_class`."""
         ring = self._ring
-        if not ring:
+        i = self.idx
+        r = WIDTH * i
+        if self.count >= HISTORY:  # the oldest request leaves the running sums
+            g2 = ts - self.last
+            g2 *= g2
+            self.volume += size - ring[r + 1]
+            self.s2 += g2 - ring[r + 2]
+        elif ring:
+            g2 = ts - self.last
+            g2 *= g2
+            self.volume += size
+            self.s2 += g2
+        else:
             ring = self._ring = array("d", _ZEROS)
-        r = 4 * i
+            self._classes = bytearray(HISTORY)
+            self._paths = [0] * HISTORY
+            g2 = 0.0
+            self.volume = size
         ring[r] = ts
-        ring[r + _PATH] = path
-        ring[r + _SIZE] = size if 0 <= size < _MAX_SIZE else (_MAX_SIZE if size > 0 else 0)
-        ring[r + _STATUS] = status
-        self.idx = (i + 1) % HISTORY
+        ring[r + 1] = size
+        ring[r + 2] = g2
+        self._classes[i] = cls
+        self._paths[i] = path
+        self.last = ts
         self.count += 1
+        if i < HISTORY - 1:
+            self.idx = i + 1
+        else:
+            self.idx = 0
+            if self.count % _RESYNC == 0:
+                self.volume = sum(ring[_SIZE::WIDTH])
+                self.s2 = sum(ring[_GAP2::WIDTH])
         if ts - self._bucket >= 60.0:
             self._prev = self._cur if ts - self._bucket < 120.0 else 0
             self._cur = 0
@@ -153,48 +223,59 @@ class History:
     def features(self, now: float, window: float, min_requests: int,
                  min_span: float) -> Features | None:
         """Features over requests within ``window`` seconds of ``now``; None if too few."""
-        n = min(self.count, HISTORY)
+        m = self.measure(now, window, min_requests, min_span)
+        return None if m is None else Features(*m)
+
+    def measure(self, now: float, window: float, min_requests: int,
+                min_span: float) -> Measure | None:
+        """:meth:`features` as a plain tuple in the same order (cheaper to build: the scoring
+        batch needs only the risk, :func:`weighted_risk`, and the rate)."""
+        n = self.count if self.count < HISTORY else HISTORY
         if n < min_requests:
             return None
         ring = self._ring
+        if n == HISTORY:
+            lo = WIDTH * self.idx  # the oldest request
+            newest = ring[lo - WIDTH] if lo else ring[WIDTH * (HISTORY - 1)]
+        else:
+            lo = 0
+            newest = ring[WIDTH * (n - 1)]
+        first = ring[lo]
         cutoff = now - window
-        # Oldest to newest. When every remembered request is inside the window (the common
-        # case: 32 requests rarely span two minutes) the features come from C-level slices,
-        # sums and counts over the ring instead of a Python loop over it.
-        lo = 4 * self.idx
-        seq = ring[lo:] + ring[:lo] if n == HISTORY else ring[:4 * n]
-        ts = seq[0::4]
-        if ts[0] >= cutoff:
-            total = n
-            statuses = seq[_STATUS::4]
-            errors = sum(map(_AT_LEAST_400, statuses))
-            client_errors = errors - sum(map(_AT_LEAST_500, statuses))
-            volume = sum(seq[_SIZE::4])
-            counts: dict[float, int] = Counter(seq[_PATH::4])
-            first, prev = ts[0], ts[-1]
-            gaps = list(map(operator.sub, ts[1:], ts[:-1]))
-            s1 = prev - first
-            s2 = sum(map(operator.mul, gaps, gaps))
-            return self._features(now, min_requests, min_span, total, errors, client_errors,
-                                  volume, counts, first, prev, s1, s2)
+        if first >= cutoff:
+            # Every remembered request is inside the window (the common case: 32 requests
+            # rarely span two minutes): counts in C and the running sums, with no pass in
+            # Python; the squared gaps leave out the oldest request's (its predecessor is
+            # gone). Unused slots of a ring not yet full count as class 0.
+            classes = self._classes
+            client_errors = classes.count(1)
+            counts: dict[int, int] = {}
+            _count_elements(counts, self._paths if n == HISTORY else self._paths[:n])
+            return self._features(now, min_requests, min_span, n,
+                                  client_errors + classes.count(2), client_errors,
+                                  self.volume, counts, first, newest, newest - first,
+                                  self.s2 - ring[lo + _GAP2])
         total = errors = client_errors = 0
         volume = 0.0
         counts = {}
         first = prev = -1.0
         s1 = s2 = 0.0
+        classes = self._classes
+        paths = self._paths
         for j in range(self.idx - n, self.idx):  # oldest to newest, one pass
-            i = 4 * (j % HISTORY)
+            k = j % HISTORY
+            i = WIDTH * k
             t = ring[i]
             if t < cutoff:
                 continue
             total += 1
-            status = ring[i + _STATUS]
-            if status >= 400:
+            cls = classes[k]
+            if cls:
                 errors += 1
-                if status < 500:
+                if cls == 1:
                     client_errors += 1
             volume += ring[i + _SIZE]
-            p = ring[i + _PATH]
+            p = paths[k]
             counts[p] = counts.get(p, 0) + 1
             if prev >= 0:
                 gap = t - prev
@@ -207,34 +288,36 @@ class History:
                               counts, first, prev, s1, s2)
 
     def _features(self, now: float, min_requests: int, min_span: float, total: int,
-                  errors: int, client_errors: int, volume: float, counts: dict[float, int],
-                  first: float, prev: float, s1: float, s2: float) -> Features | None:
+                  errors: int, client_errors: int, volume: float, counts: dict[int, int],
+                  first: float, prev: float, s1: float, s2: float) -> Measure | None:
         """Features from the window's counts and sums (``s1``/``s2``: sum of the gaps and of
         their squares, seconds)."""
         if total < min_requests or prev - first < min_span:
             return None
         rpm = self.per_minute(now)
-        rate = min(rpm / RPM_FULL, 1.0)
-        err_share = errors / total
+        rate = rpm / RPM_FULL
+        if rate > 1.0:
+            rate = 1.0
         client_share = client_errors / total
-        bits = 0.0
-        for c in counts.values():
-            share = c / total
-            bits -= share * math.log2(share)
-        top = math.log2(max(total, 16))
-        high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE) if bits > ENTROPY_CENTRE else 0.0
-        high = max(0.0, min(high, 1.0))
-        harm = max(rate, client_share, high)
-        if bits >= ENTROPY_CENTRE:
+        bits = sum(map(_PLOGP[total - 1].__getitem__, counts.values()))
+        top = math.log2(total if total > 16 else 16)
+        if bits > ENTROPY_CENTRE:
+            high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE)
+            if high > 1.0:
+                high = 1.0
             entropy = high
         else:
-            entropy = (ENTROPY_CENTRE - bits) / ENTROPY_CENTRE * max(rate, client_share)
+            high = 0.0
+            focus = rate if rate > client_share else client_share
+            entropy = (ENTROPY_CENTRE - bits) / ENTROPY_CENTRE * focus
+        harm = rate if rate > client_share else client_share
+        if high > harm:
+            harm = high
         gaps = total - 1
         mean = s1 / gaps
-        cv = math.sqrt(max(s2 / gaps - mean * mean, 0.0)) / mean if mean > 0 else 0.0
-        regularity = 1.0 - min(cv / 2.0, 1.0)
-        return Features(
-            rate=rate, errors=err_share, entropy=entropy, timing=regularity * harm,
-            volume=min(volume / VOLUME_FULL, 1.0), rpm=rpm, entropy_bits=bits, cv=cv,
-            requests=total,
-        )
+        var = s2 / gaps - mean * mean
+        cv = math.sqrt(var if var > 0.0 else 0.0) / mean if mean > 0 else 0.0
+        regularity = 1.0 - cv / 2.0 if cv < 2.0 else 0.0
+        v = volume / VOLUME_FULL
+        return (rate, errors / total, entropy, regularity * harm, v if v < 1.0 else 1.0, rpm,
+                bits, cv, total)
