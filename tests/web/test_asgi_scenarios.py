@@ -312,7 +312,9 @@ def test_middleware_failures_fail_open(serve_asgi: Callable[[Any], str],
     with httpx.Client(timeout=10) as http:
         assert http.get(base + "/api/status").status_code == 200  # reputation failing
         sc.middleware_of(app).engine.store = BrokenStore()
-        assert http.get(base + "/page/1").status_code == 200  # store raising
+        # a new client (its own session), so the store is asked: an armed client is not
+        r = http.get(base + "/page/1", headers={"cookie": "session=new"})
+        assert r.status_code == 200  # store raising
         assert "garrison_web_internal_errors_total 2" in http.get(base + "/metrics").text
     flask = sc.flask_app(bus=EventBus())
     flask.wsgi_app.engine.store = BrokenStore()

@@ -1,12 +1,13 @@
-"""The engine's request path: raw-header client cache, decision reuse, batched scoring."""
+"""The engine's request path: raw-header client cache, armed clients on the fast path, batched
+scoring."""
 
 from __future__ import annotations
 
 import asyncio
 
 from garrison.bus import EventBus
-from garrison.store.base import CheckRequest
-from garrison.web.engine import BATCH, BATCH_AGE, REUSE, Decision, WebEngine
+from garrison.store.base import BAN, BOT, THROTTLE, TRAVEL, CheckRequest, LimitPolicy, PendingBan
+from garrison.web.engine import BATCH, BATCH_AGE, REARM_DELTA, Decision, WebEngine
 from garrison.web.options import WebOptions
 
 T0 = 1_800_000_000.0
@@ -49,22 +50,60 @@ def test_raw_cache_keys_on_every_header_it_reads() -> None:
     assert (c.key, c.session, c.agent) == (a.key, a.session, a.agent)
 
 
-def test_a_reused_decision_follows_a_changed_risk() -> None:
+def test_an_armed_client_is_answered_by_the_fast_path_and_rearmed_by_scoring() -> None:
     eng = _engine()
     client = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.9"})
+    assert eng.fast(client, T0) is None  # a new client is checked in full first
     first = _decide(eng, client, T0)
-    second = _decide(eng, client, T0 + 1)
-    assert first.allowed and second.allowed
-    assert first.verdict is not None and first.verdict.bot_risk is None
-    assert second is first and client.dleft == REUSE - 1  # reused: nothing changed
-    assert client.irec is not None
-    client.irec.risk = 0.8  # scoring judged the client meanwhile
-    third = _decide(eng, client, T0 + 2)
-    assert third is not first and third.verdict is not None
-    assert third.verdict.bot_risk == 0.8 and third.verdict.trust < first.verdict.trust
-    for i in range(REUSE + 1):  # reuse runs out: a fresh verdict with the current trust
-        last = _decide(eng, client, T0 + 3 + i)
-    assert last is not third
+    assert first.allowed and client.ready is first
+    assert eng.fast(client, T0 + 1) is first and client.fast == 1
+    rec = client.irec
+    assert rec is not None
+    trust = rec.trust
+    eng.after(client, "/p0", 200, 100, T0 + 1)
+    eng.drain()
+    assert rec.trust > trust and client.fast == 0  # the batch paid the fast path's trust gain
+    for i in range(1, 12):  # a scraper-like walk: scoring judges it and re-arms the client
+        assert eng.fast(client, T0 + 1 + i) is not None
+        eng.after(client, f"/p{i}", 200, 100, T0 + 1 + i)
+        eng.drain()
+    assert rec.risk is not None and rec.risk > 0.1
+    ready = client.ready
+    assert ready is not None and ready is not first and ready.verdict is not None
+    assert ready.verdict.bot_risk is not None
+    assert abs(ready.verdict.bot_risk - rec.risk) < REARM_DELTA
+    assert ready.verdict.components["bot"] == 1.0 - ready.verdict.bot_risk
+
+
+def test_the_fast_path_is_the_rate_limit_itself() -> None:
+    eng = _engine(limit_policy=LimitPolicy(rate=1.0, burst=5.0), adaptive_limits=False)
+    client = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.12",
+                                        "cookie": "session=s1"})
+    answers = [_decide(eng, client, T0) for _ in range(12)]
+    assert sum(d.allowed for d in answers) == 5  # the burst, exactly: no more on the fast path
+    assert [d.reason for d in answers[5:]] == [THROTTLE] * 7
+    later = _decide(eng, client, T0 + 5.0)  # tokens again (fewer: each refusal cost trust)
+    assert later.allowed and client.ready is later
+
+
+def test_a_ban_or_a_move_ends_the_fast_path_at_once() -> None:
+    eng = _engine()
+    home = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.13",
+                                      "cookie": "session=s2"})
+    assert _decide(eng, home, T0).allowed and home.ready is not None
+    with eng._lock:
+        eng.store.apply_ban(PendingBan(home.key or "", 60.0, BOT), T0)  # type: ignore[attr-defined]
+    refused = _decide(eng, home, T0 + 1)
+    assert not refused.allowed and refused.reason == BOT
+    away = eng.identify("127.0.0.1", {"x-forwarded-for": "203.0.113.7", "cookie": "session=s3"})
+    again = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.14",
+                                       "cookie": "session=s3"})
+    assert _decide(eng, again, T0).allowed and again.ready is not None
+    moved = _decide(eng, away, T0 + 1)  # the same session from another /24 a second later
+    assert not moved.allowed and moved.reason == TRAVEL
+    assert eng.fast(again, T0 + 2) is None  # the session is banned: no fast answer for either
+    assert _decide(eng, again, T0 + 2).reason == TRAVEL
+    assert BAN not in (moved.reason, refused.reason)
 
 
 def test_scoring_is_batched_and_drained_by_count_and_age() -> None:

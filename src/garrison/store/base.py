@@ -25,7 +25,10 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from garrison.store.records import RecordTable
 
 # Reasons a request is refused; they appear in events, metrics and the 429 body.
 THROTTLE: Final = "throttle"
@@ -142,9 +145,15 @@ OPEN: Final = CheckResult(allowed=True, degraded=True)
 
 
 class LimitStore(ABC):
-    """Where rate limits, bans and session bindings live; one per middleware instance."""
+    """Where rate limits, bans and session bindings live; one per middleware instance.
+
+    A store that keeps local state per identity does it in ``records`` (guarded by ``lock``),
+    which the web engine then shares instead of keeping a table of its own; None otherwise.
+    """
 
     policy: LimitPolicy
+    records: RecordTable | None = None
+    lock: Any = None
 
     @abstractmethod
     def check(self, req: CheckRequest) -> CheckResult:
@@ -167,7 +176,7 @@ def open_store(url: str, policy: LimitPolicy | None = None, *, timeout: float = 
     """A store for ``url``: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too).
 
     ``timeout`` (seconds) bounds every Redis call before the request fails open; ``max_keys``
-    caps the identities the memory store keeps.
+    caps the identities a store keeps locally.
     """
     policy = policy or LimitPolicy()
     if not isinstance(url, str):
@@ -180,5 +189,5 @@ def open_store(url: str, policy: LimitPolicy | None = None, *, timeout: float = 
     if scheme in ("redis", "rediss"):
         from garrison.store.redis import RedisStore
 
-        return RedisStore(url, policy, timeout=timeout, namespace=namespace)
+        return RedisStore(url, policy, timeout=timeout, namespace=namespace, max_local=max_keys)
     raise StoreURLError(f"unknown store URL {url!r}: expected memory:// or redis://host:port/db")

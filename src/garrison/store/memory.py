@@ -6,9 +6,10 @@ identity, shared with the engine's scorer), in a :class:`~garrison.store.records
 capped at ``max_identities`` records; records expire when idle (see :class:`LimitPolicy`), so a
 flood of spoofed identities costs bounded memory. A session's binding lives in its record.
 
-:meth:`MemoryStore.spend` is the engine's fast path: the same rules as :meth:`check` for the
-common case (no ban, the binding holds, every identity under its limit) on records the caller
-already holds, with no lookups; anything else returns -1 and goes through :meth:`check`.
+The web engine's fast path (:meth:`garrison.web.engine.WebEngine.fast`) runs the common case of
+the same rules (no ban, the binding holds, every identity under its limit) on records it
+already holds, with no lookups, and leaves the trust gain and idle expiry of what it admitted to
+its scoring batch; anything else comes here through :meth:`check`.
 """
 
 from __future__ import annotations
@@ -45,11 +46,9 @@ class MemoryStore(LimitStore):
         if max_identities < 16:
             raise ValueError("max_identities must be >= 16")
         self.policy = p = policy or LimitPolicy()
-        self.records = RecordTable(max_identities, p.initial_trust)
+        self.records: RecordTable = RecordTable(max_identities, p.initial_trust)
         self.lock = threading.Lock()
-        # Constants of the fast path, computed once.
         self._tau = p.burst / p.rate
-        self._keep = p.idle_ttl
 
     def __len__(self) -> int:
         return len(self.records)
@@ -68,65 +67,9 @@ class MemoryStore(LimitStore):
         with self.lock:
             return self._check(req)
 
-    def spend(self, recs: tuple[Record, ...], sess: Record | None, group: str | None,
-              agent: str, bind_ttl: float, now: float, cost: float) -> float:
-        """The fast path of :meth:`check` for records the caller holds (caller holds
-        :attr:`lock`). Returns the lowest trust (0..1) when the request is allowed and nothing
-        else happened; -1.0, having changed nothing, when :meth:`check` must decide (a ban, a
-        new, expired or moved session binding, an identity over its limit, an expired record,
-        more than two identities). ``sess`` with ``group``/``agent``: the session record and
-        where this request comes from (``group`` None: no binding to check)."""
-        if sess is not None and group is not None and (
-                sess.bgroup != group or sess.bagent != agent or sess.bexp <= now):
-            return -1.0
-        rate = self.policy.rate
-        tau = self._tau
-        r0 = recs[0]
-        if r0.ban_until > now or r0.expires <= now:
-            return -1.0
-        tat0 = r0.tat
-        tat0 = (tat0 if tat0 > now else now) + cost / (rate * (0.5 + r0.trust))
-        if tat0 - now > tau:
-            return -1.0
-        if len(recs) == 1:
-            r1 = None
-            tat1 = 0.0
-        else:
-            if len(recs) > 2:
-                return -1.0  # three identities (with an API key): the general path
-            r1 = recs[1]
-            if r1.ban_until > now or r1.expires <= now:
-                return -1.0
-            tat1 = r1.tat
-            tat1 = (tat1 if tat1 > now else now) + cost / (rate * (0.5 + r1.trust))
-            if tat1 - now > tau:
-                return -1.0
-        gain = self.policy.trust_gain
-        keep = now + self._keep
-        r0.tat = tat0
-        low = r0.trust + gain
-        r0.trust = low = low if low < 1.0 else 1.0
-        if r0.offences:
-            self._touch(r0, now)
-        elif keep > r0.expires:
-            r0.expires = keep
-        if r1 is not None:
-            r1.tat = tat1
-            t = r1.trust + gain
-            r1.trust = t = t if t < 1.0 else 1.0
-            if r1.offences:
-                self._touch(r1, now)
-            elif keep > r1.expires:
-                r1.expires = keep
-            if t < low:
-                low = t
-        if sess is not None and group is not None:
-            sess.bexp = now + bind_ttl
-            sess.bseen = now
-        return low
-
     # -- the algorithm ----------------------------------------------------------------------
-    def _touch(self, st: Record, now: float) -> None:
+    def touch(self, st: Record, now: float) -> None:
+        """Extend the idle expiry of ``st`` (longer for an offender, never before its ban)."""
         keep = self.policy.idle_ttl
         if st.offences and self.policy.offence_memory > keep:
             keep = self.policy.offence_memory
@@ -140,7 +83,7 @@ class MemoryStore(LimitStore):
         if until > st.ban_until:
             st.ban_until = until
             st.reason = ban.reason
-        self._touch(st, now)
+        self.touch(st, now)
         return st.ban_until
 
     def _check(self, req: CheckRequest) -> CheckResult:
@@ -167,7 +110,7 @@ class MemoryStore(LimitStore):
                 sr.offences += 1
                 sr.ban_until = max(sr.ban_until, now + b.ban)
                 sr.reason = TRAVEL
-                self._touch(sr, now)
+                self.touch(sr, now)
                 return CheckResult(False, TRAVEL, b.ban, sr.trust, EV_TRAVEL, b.session,
                                    sr.bgroup, ban_until=ban_until)
             else:
@@ -195,7 +138,7 @@ class MemoryStore(LimitStore):
                 trust = st.trust + gain
                 st.trust = trust = trust if trust < 1.0 else 1.0
                 if st.offences:
-                    self._touch(st, now)
+                    self.touch(st, now)
                 elif keep > st.expires:  # no standing ban here: idle expiry is all that counts
                     st.expires = keep
                 if trust < low:
@@ -218,5 +161,5 @@ class MemoryStore(LimitStore):
                 wait = ban_length(p, p.ban, st.offences - p.offences_to_ban + 1)
             st.ban_until = now + wait
             st.reason = reason
-        self._touch(st, now)
+        self.touch(st, now)
         return CheckResult(False, reason, wait, st.trust, event, ident, ban_until=ban_until)

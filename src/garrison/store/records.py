@@ -7,8 +7,9 @@ state for IP and session, bindings), each a separate dict lookup and a separate 
 request resolves its client once (a cached lookup) to direct references to its records, and the
 limiter, the binding check and the scorer all work on those.
 
-The memory store (``memory://``) keeps its limiter state in these records; with the Redis store
-the engine keeps a table of its own for scoring and for the bans it already knows.
+The memory store (``memory://``) keeps its limiter state in these records; the Redis store its
+local leases and confirmed bindings (the limiter itself lives in Redis). Either way the web
+engine uses the store's table, so a request resolves to one object per identity.
 
 Memory is bounded by :class:`RecordTable`: at most ``cap`` records; when full, idle records go
 first, then those that would expire soonest. Records are reset in place when they expire, never
@@ -28,13 +29,16 @@ class Record(History):
     0..1, ``strikes`` refusals since ``wstart``, ``offences`` back-offs and bans so far,
     ``ban_until`` / ``reason`` a standing ban, ``expires`` when the record may be forgotten.
     Binding (sessions): ``bgroup`` / ``bagent`` where it started, ``bexp`` when the binding
-    lapses, ``bseen`` its last request. Scoring: the :class:`History` ring, ``risk`` (None: not
-    judged yet), ``since`` requests since the last scoring, ``reported`` when the last
-    ``bot-blocked`` event about it went out.
+    lapses (with Redis: until when this worker may take it as confirmed), ``bseen`` its last
+    request. Redis leases: ``ltok`` requests (in cost units) this worker may still admit on its
+    own until ``luntil``, ``lseq`` Redis's number of the grant. Scoring: the :class:`History`
+    ring, ``risk`` (None: not judged yet), ``since`` requests since the last scoring,
+    ``reported`` when the last ``bot-blocked`` event about it went out.
     """
 
-    __slots__ = ("bagent", "ban_until", "bexp", "bgroup", "bseen", "expires", "offences",
-                 "reason", "reported", "risk", "since", "strikes", "tat", "trust", "wstart")
+    __slots__ = ("bagent", "ban_until", "bexp", "bgroup", "bseen", "expires", "lseq", "ltok",
+                 "luntil", "offences", "reason", "reported", "risk", "since", "strikes", "tat",
+                 "trust", "wstart")
 
     def __init__(self, trust: float) -> None:
         super().__init__()
@@ -55,6 +59,9 @@ class Record(History):
         self.bagent = ""
         self.bexp = 0.0
         self.bseen = 0.0
+        self.ltok = 0.0
+        self.luntil = 0.0
+        self.lseq = 0
         self.risk: float | None = None
         self.since = 0
         self.reported = -1e18
@@ -93,13 +100,14 @@ class RecordTable:
 
     def sweep(self, now: float) -> None:
         """Make room: drop expired records, then keep the three quarters of ``cap`` that
-        expire last (bans and offenders expire late, so they are the last to go)."""
+        expire last (bans and offenders expire late, so they are the last to go; of those that
+        expire together, the newest)."""
         data = self.data
         live = {k: r for k, r in data.items() if r.expires > now}
         keep = self.cap * 3 // 4
-        if len(live) > keep:
-            ranked = sorted(live.items(), key=lambda kv: kv[1].expires, reverse=True)
-            live = dict(ranked[:keep])
+        if len(live) > keep:  # newest first, so that of equal expiry the newest stay
+            ranked = sorted(reversed(live.items()), key=lambda kv: kv[1].expires, reverse=True)
+            live = dict(reversed(ranked[:keep]))
         self.evicted += len(data) - len(live)
         self.data = live
         self.gen += 1

@@ -33,14 +33,14 @@ request passes (fail open; leases held are still spent), a :class:`CircuitBreake
 on a dead server for ``cooldown`` seconds, the failure is logged at most once per
 ``log_interval`` seconds, and the store recovers by itself when a trial call succeeds. Bans
 decided while Redis is away wait in a bounded queue and go out with the next successful check.
-Local state is bounded: ``max_local`` leased identities and as many confirmed sessions.
+Local state is bounded: leases and confirmed bindings are kept in the records of their
+identities (:mod:`garrison.store.records`), at most ``max_local`` of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 import math
 import secrets
@@ -60,6 +60,7 @@ from garrison.store.base import (
     StoreError,
     StoreURLError,
 )
+from garrison.store.records import RecordTable
 
 log = logging.getLogger("garrison.store.redis")
 
@@ -525,21 +526,6 @@ class Pipeline:
         self._reset(StoreError("closed"))
 
 
-class _Lease:
-    """One identity's lease in this worker: ``tokens`` leased requests left (in units of request
-    cost), spendable until ``until`` (seconds, in the requests' own clock, ``CheckRequest.now``);
-    ``trust`` the identity's trust (0..1) at the last round trip; ``seq`` Redis's number of the
-    latest grant (it tells stale reports of what this worker holds from fresh ones)."""
-
-    __slots__ = ("seq", "tokens", "trust", "until")
-
-    def __init__(self, tokens: float, until: float, trust: float, seq: int) -> None:
-        self.tokens = tokens
-        self.until = until
-        self.trust = trust
-        self.seq = seq
-
-
 _EPS: Final = 1e-9  # float slack when comparing token counts (requests)
 
 
@@ -548,8 +534,9 @@ class RedisStore(LimitStore):
 
     ``lease_ttl`` (seconds) is the longest a lease lives (a quarter of the travel window when
     that is shorter); ``lease_max`` (requests) the most one round trip leases per identity, 0 to
-    ask Redis on every request; ``max_local`` (entries) caps the local identity and session
-    caches each. ``local_answers`` and ``round_trips`` count requests answered each way.
+    ask Redis on every request; ``max_local`` (records) caps the local state (see
+    :class:`~garrison.store.records.RecordTable`). ``local_answers`` and ``round_trips``
+    count requests answered each way.
     """
 
     def __init__(self, url: str, policy: LimitPolicy | None = None, *, timeout: float = 0.05,
@@ -600,11 +587,10 @@ class RedisStore(LimitStore):
         self._pending_lock = threading.Lock()
         self.dropped_bans = 0
         self.failed_checks = 0
-        # Leases per identity and confirmed bindings per session (group, agent, confirmed
-        # until, seconds); insertion order is age, for eviction. Guarded by _lock.
-        self._lock = threading.Lock()
-        self._leases: dict[str, _Lease] = {}
-        self._binds: dict[str, tuple[str, str, float]] = {}
+        # Leases and confirmed bindings live in the records of their identities (ltok, luntil,
+        # lseq; bgroup, bagent, bexp), shared with the web engine; guarded by lock.
+        self.lock = self._lock = threading.Lock()
+        self.records: RecordTable = RecordTable(max_local, self.policy.initial_trust)
         # Round trips in flight per identity: a request asks for a lease only when none of its
         # identities has one in flight here, or a burst of concurrent requests would each be
         # leased tokens that only later requests could spend.
@@ -699,103 +685,87 @@ class RedisStore(LimitStore):
     # -- local leases -----------------------------------------------------------------------
     def _answer_locally(self, req: CheckRequest) -> CheckResult | None:
         """Allowed from local leases, or None when Redis must be asked (caller holds
-        :attr:`_lock`). Spends ``req.cost`` from every identity's lease when allowed."""
+        :attr:`lock`). Spends ``req.cost`` from every identity's lease when allowed."""
         if req.bans or self._pending:
             return None  # bans to write: only a round trip carries them
         now = req.now
         need = req.cost - _EPS
-        leases = self._leases
+        data = self.records.data
         low = 2.0  # stays 2.0 only with no identities: Redis answers those
+        recs = []
         for ident in req.identities:
-            e = leases.get(ident)
-            if e is None or e.until <= now or e.tokens < need:
+            rec = data.get(ident)
+            if rec is None or rec.luntil <= now or rec.ltok < need or rec.ban_until > now:
                 return None
-            if e.trust < low:
-                low = e.trust
+            if rec.trust < low:
+                low = rec.trust
+            recs.append(rec)
         if low > 1.0:
             return None
         b = req.binding
         if b is not None:
-            bc = self._binds.get(b.session)
-            if bc is None or bc[2] <= now or bc[0] != b.group or bc[1] != b.agent:
+            sr = data.get(b.session)
+            if sr is None or sr.bexp <= now or sr.bgroup != b.group or sr.bagent != b.agent:
                 return None
         cost = req.cost
-        for ident in req.identities:
-            leases[ident].tokens -= cost
+        for rec in recs:
+            rec.ltok -= cost
         self.local_answers += 1
         ok = self._ok
         if ok.trust != low:
             self._ok = ok = CheckResult(True, trust=low)
         return ok
 
-    def _evict(self, now: float) -> None:
-        """Drop expired leases, then the oldest down to 7/8 of the cap, so a sweep (O(cap))
-        runs at most once per cap/8 new identities."""
-        leases = self._leases
-        for ident in [k for k, e in leases.items() if e.until <= now]:
-            del leases[ident]
-        excess = len(leases) - self.max_local * 7 // 8
-        if excess > 0:
-            for ident in list(itertools.islice(leases, excess)):
-                del leases[ident]
-
-    def _bind(self, session: str, group: str, agent: str, until: float, now: float) -> None:
-        """Remember a confirmed binding until ``until`` (seconds), the cache kept bounded."""
-        binds = self._binds
-        if session not in binds and len(binds) >= self.max_local:
-            for s in [k for k, v in binds.items() if v[2] <= now]:
-                del binds[s]
-            excess = len(binds) - self.max_local * 7 // 8
-            if excess > 0:
-                for s in list(itertools.islice(binds, excess)):
-                    del binds[s]
-        binds[session] = (group, agent, until)
-
     def _learn(self, req: CheckRequest, bans: tuple[Any, ...], result: CheckResult,
                grants: list[float], trusts: list[float], seqs: list[int]) -> CheckResult:
         """Keep the leases a round trip granted and return its answer (caller holds
-        :attr:`_lock`). A ban written, or any refusal but a throttle, drops the identity's
+        :attr:`lock`). A ban written, or any refusal but a throttle, drops the identity's
         lease, so its next request asks Redis (which refuses it). A plain throttle that finds a
         lease granted meanwhile (to a concurrent request) spends it instead: those tokens are
         already counted in Redis."""
         self.round_trips += 1
         now = req.now
-        leases = self._leases
+        table = self.records
+        data = table.data
         for ban in bans:
-            leases.pop(ban.identity, None)
+            rec = data.get(ban.identity)
+            if rec is not None:
+                rec.ltok = 0.0
         b = req.binding
         if result.allowed:
             until = now + self._ttl(req)  # Redis counts the tokens at least this long
             for ident, grant, trust, seq in zip(req.identities, grants, trusts, seqs,
                                                 strict=False):
-                held = leases.pop(ident, None) if grant > 0 else leases.get(ident)
+                rec = table.get(ident, now)
                 if grant > 0:
-                    if held is None:
-                        if len(leases) >= self.max_local:
-                            self._evict(now)
-                        held = _Lease(grant, until, trust, seq)
+                    if rec.luntil > now and rec.ltok > _EPS:
+                        rec.ltok += grant
                     else:
-                        if held.until > now and held.tokens > _EPS:
-                            held.tokens += grant
-                        else:
-                            held.tokens = grant
-                        held.until = until
-                        if seq > held.seq:
-                            held.seq = seq
-                    leases[ident] = held  # (re)inserted last: the newest entry
-                if held is not None:
-                    held.trust = trust
+                        rec.ltok = grant
+                    rec.luntil = until
+                    if seq > rec.lseq:
+                        rec.lseq = seq
+                    if rec.expires < until:
+                        rec.expires = until
+                rec.trust = trust
             if b is not None:
-                self._bind(b.session, b.group, b.agent, until, now)
+                sr = table.get(b.session, now)
+                sr.bgroup, sr.bagent, sr.bexp = b.group, b.agent, until
+                if sr.expires < until:
+                    sr.expires = until
             return result
         if result.reason == THROTTLE:
             if result.event is None and not bans:
                 return self._answer_locally(req) or result
             return result
         if result.culprit is not None:  # a ban, back-off or travel
-            leases.pop(result.culprit, None)
+            banned = data.get(result.culprit)
+            if banned is not None:
+                banned.ltok = 0.0
         if b is not None:
-            self._binds.pop(b.session, None)
+            bound = data.get(b.session)
+            if bound is not None:
+                bound.bexp = 0.0
         return result
 
     def _depart(self, req: CheckRequest) -> CheckResult | tuple[bool, list[str]]:
@@ -807,7 +777,7 @@ class RedisStore(LimitStore):
             if answer is not None:
                 return answer
             flying = self._flying
-            leases = self._leases
+            data = self.records.data
             now = req.now
             lease = True
             held: list[str] = []
@@ -816,13 +786,13 @@ class RedisStore(LimitStore):
                 if n:
                     lease = False
                 flying[ident] = n + 1
-                e = leases.get(ident)
+                e = data.get(ident)
                 if e is None:
                     held += ("0", "0", "0")
-                elif e.until > now:
-                    held += (repr(e.tokens), repr(e.until), str(e.seq))
+                elif e.luntil > now:
+                    held += (repr(e.ltok), repr(e.luntil), str(e.lseq))
                 else:
-                    held += ("0", "0", str(e.seq))
+                    held += ("0", "0", str(e.lseq))
             return lease, held
 
     def _land(self, req: CheckRequest) -> None:

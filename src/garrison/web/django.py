@@ -46,6 +46,7 @@ class GarrisonMiddleware:
             raise ValueError(f"settings.GARRISON must be a dict, got {type(options).__name__}")
         self.options = WebOptions(**options)
         self.engine = WebEngine(self.options)
+        self.engine.threaded = True  # WSGI servers answer requests on several threads
         self._inspect = load_inspector() if self.options.sql_firewall else None
 
     def __call__(self, request: Any) -> Any:

@@ -3,13 +3,17 @@
 Per request, three steps, each called by the adapter:
 
 1. :meth:`WebEngine.identify` names the client (address from the socket or a trusted proxy,
-   its group, its session and API key as hashes: raw cookies are never stored).
-2. :meth:`WebEngine.precheck` answers from local memory when it can (allowlist, exempt path,
-   a ban this process already knows); otherwise it returns the one :class:`CheckRequest` the
-   adapter sends to the store, and :meth:`WebEngine.decide` turns the store's answer into a
-   :class:`Decision` (and a fused :class:`Verdict`).
-3. After the response has been sent, :meth:`WebEngine.after` scores the client's behaviour; a
-   bot is banned locally at once and the ban goes to the store with the next check.
+   its group, its session and API key as hashes: raw cookies are never stored). Clients are
+   cached by the raw header values they came from, so a returning client is one dict lookup.
+2. :meth:`WebEngine.precheck` decides before the app. A client that was allowed before holds a
+   prepared decision (*armed*); while it is armed, its request costs the rate-limit arithmetic
+   on records it already holds and nothing else (see :meth:`WebEngine.precheck`). Everything
+   else (a new client, a ban, a refused rate, a session seen elsewhere, another store) is one
+   :class:`CheckRequest`, answered by the store and turned into a :class:`Decision` (and a fused
+   :class:`Verdict`) by :meth:`WebEngine.decide`, which arms the client again.
+3. After the response has been sent, :meth:`WebEngine.after` queues the request; batches are
+   scored together (:meth:`WebEngine.drain`), which also does the limiter's bookkeeping that
+   the fast path skipped and re-arms the client with its new risk; a bot is banned at once.
 
 Time comes from ``options.clock`` (seconds since the epoch), read by the adapters and passed in,
 so scenarios can run on simulated time.
@@ -48,7 +52,7 @@ from garrison.store.base import (
     PendingBan,
     open_store,
 )
-from garrison.web.behaviour import path_hash
+from garrison.web.behaviour import Features, Measure, path_hash, weight_vector, weighted_risk
 from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
 from garrison.web.metrics import WebMetrics
 from garrison.web.options import WebOptions
@@ -62,18 +66,22 @@ log = logging.getLogger("garrison.web")
 DISTRUST: Final = "distrust"
 BLOCKLIST: Final = "blocklist"
 _MAX_PENDING: Final = 10_000
-_ADDR_CACHE: Final = 65_536
-"""Resolved (peer, forwarding header) pairs kept; cleared when full."""
+_CACHE: Final = 65_536
+"""Entries kept in each identification cache (addresses, clients, paths); cleared when full."""
 SCORE_EVERY: Final = 8
 """A key that looks harmless is re-scored every this many requests (bounded delay); one whose
 risk is past :data:`HOT` of its threshold, on every request."""
 HOT: Final = 0.6
-REUSE: Final = 8
-"""Requests an allowing decision is reused for (see :meth:`WebEngine._admit`)."""
 BATCH: Final = 32
 """Answered requests scored together (see :meth:`WebEngine.after`)."""
 BATCH_AGE: Final = 0.05
 """Seconds after which a partial batch is scored anyway."""
+REFRESH: Final = 30.0
+"""Seconds a client stays armed at most: its verdict is computed afresh at least this often."""
+REPUTATION_REFRESH: Final = 1.0
+"""The same with a reputation source, whose answers change outside the middleware."""
+REARM_DELTA: Final = 0.05
+"""How far a client's bot risk must move in scoring before its prepared verdict is rebuilt."""
 
 _Where = tuple[str | None, str | None, str | None, bool]
 
@@ -85,14 +93,17 @@ COOKIE: Final = "cookie"
 class Client:
     """Who sent a request. ``key``/``session``/``api_key`` are store identities (hashed).
 
-    ``recs`` are the records of ``identities`` (same order), ``irec``/``srec`` those of the IP
-    group and the session, bound by :meth:`WebEngine.bind` and valid while ``gen`` equals the
-    record table's generation. Clients are cached by the raw header values they came from, so a
-    returning client costs one dict lookup and no record lookups at all.
+    ``recs`` are the records of ``identities`` (same order; ``r0``/``r1`` the first two),
+    ``irec``/``srec`` those of the IP group and the session, and ``sbind`` the session record
+    when the store checks a binding; all bound by :meth:`WebEngine.bind` and valid while
+    ``gen`` equals the record table's generation. ``ready`` is the decision prepared for the
+    next request (None: not armed), valid until ``until`` (seconds); ``fast`` counts requests
+    admitted on it whose limiter bookkeeping the next scoring batch still owes.
     """
 
-    __slots__ = ("agent", "allowlisted", "api_key", "binding", "decision", "dleft", "dri", "drs",
-                 "gen", "identities", "ip", "irec", "key", "recs", "session", "srec", "travel")
+    __slots__ = ("agent", "allowlisted", "api_key", "binding", "fast", "gen", "identities",
+                 "ip", "irec", "key", "r0", "r1", "ready", "recs", "sbind", "session", "srec",
+                 "travel", "until")
 
     def __init__(self, ip: str | None, key: str | None, travel: str | None,
                  session: str | None, api_key: str | None, agent: str, allowlisted: bool,
@@ -106,16 +117,16 @@ class Client:
         self.allowlisted = allowlisted
         self.identities = identities
         self.recs: tuple[_records.Record, ...] = ()
+        self.r0: _records.Record | None = None
+        self.r1: _records.Record | None = None
         self.irec: _records.Record | None = None
         self.srec: _records.Record | None = None
+        self.sbind: _records.Record | None = None
         self.gen = -1
         self.binding: Binding | None = None  # what the store checks the session against
-        # The last allowing decision, reused for ``dleft`` more requests while the records'
-        # risks are still the objects ``dri``/``drs`` it was computed from.
-        self.decision: Decision | None = None
-        self.dleft = 0
-        self.dri: float | None = None
-        self.drs: float | None = None
+        self.ready: Decision | None = None
+        self.until = 0.0
+        self.fast = 0
 
 
 class Decision(NamedTuple):
@@ -151,18 +162,7 @@ class Decision(NamedTuple):
 
 PASS: Final = Decision(allowed=True)
 _NEUTRAL: Final = Verdict(0.5)
-
-
-def _rescore(rec: _records.Record, min_requests: int, threshold: float) -> bool:
-    """True when this request should (re-)score ``rec``: when it first has enough history, on
-    every request while its risk is near ``threshold``, else every :data:`SCORE_EVERY`."""
-    rec.since += 1
-    risk = rec.risk
-    if (rec.since >= SCORE_EVERY or rec.count == min_requests
-            or (risk is not None and risk >= HOT * threshold)):
-        rec.since = 0
-        return True
-    return False
+_INF: Final = float("inf")
 
 
 def _hash(kind: str, value: str) -> str:
@@ -204,27 +204,47 @@ class WebEngine:
         self.allowlist = parse_networks(o.allowlist)
         self.exempt = tuple(str(p) for p in o.exempt_paths)
         self.sql_exempt = tuple(str(p) for p in o.sql_exempt_paths)
-        # One record per identity (see garrison.store.records). With memory:// they are the
-        # store's own records and its lock, so the limiter, the binding and the scorer share
-        # one object per client; with another store the engine keeps records for scoring and
-        # for the bans it already knows.
+        # One record per identity (see garrison.store.records). A store that keeps records
+        # (memory://: its limiter state; redis://: its leases and confirmed bindings) shares
+        # them and its lock, so the limiter, the binding and the scorer work on one object per
+        # client; with any other store the engine keeps records for scoring and for the bans
+        # it already knows.
         from garrison.store.memory import MemoryStore  # here: see the records import above
 
         self._mem: MemoryStore | None = (self.store if isinstance(self.store, MemoryStore)
                                          else None)
-        if self._mem is not None:
-            self.records = self._mem.records
-            self._lock = self._mem.lock
+        table = self.store.records
+        self.records: _records.RecordTable
+        if isinstance(table, _records.RecordTable):
+            self.records = table
+            self._lock = self.store.lock
         else:
             self.records = _records.RecordTable(o.max_ips + o.max_sessions,
-                                       self.store.policy.initial_trust)
+                                                self.store.policy.initial_trust)
             self._lock = threading.Lock()
+        policy = self.store.policy
+        self.threaded = False
+        """Set by adapters whose requests run on several threads: the fast path then takes
+        the lock; on one event loop it needs none."""
+        # What the fast path may decide alone: the rate limit itself (memory://), or spending
+        # leases the store granted (a store with records); with neither it is never armed.
+        self._local = self._mem is not None
+        self._leased = not self._local and isinstance(table, _records.RecordTable)
+        self._tau = policy.burst / policy.rate
+        self._gain = policy.trust_gain
         self._keep = max(o.window, 600.0)
+        self._retain = max(self._keep, policy.idle_ttl) if self._mem is not None else self._keep
+        self._refresh = min(REFRESH if o.reputation is None else REPUTATION_REFRESH,
+                            policy.idle_ttl / 2, o.travel_session_ttl / 2)
         self._pending: list[PendingBan] = []
         self._batch: list[tuple[Client, str, int, int, float]] = []
         self._timer = False
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._ip_weights = dict(o.ip_weights)
         self._session_weights = dict(o.session_weights)
+        self._ip_w = weight_vector(self._ip_weights)
+        self._s_w = weight_vector(self._session_weights)
+        self._paths: dict[str, int] = {}
         self.metrics = WebMetrics()
         self.metrics.gauges = {"ip": lambda: self._count("ip:"),
                                "session": lambda: self._count("s:")}
@@ -233,6 +253,7 @@ class WebEngine:
         self._last_error_log = -1e18
         self.baseline_rpm = 0.0
         self._cost = 1.0
+        self._k = self._cost / policy.rate  # seconds one request adds to a GCRA TAT at trust 0.5
         self._unlogged_errors = 0
         self._addr_cache: dict[tuple[str | None, str | None], _Where] = {}
         # Whole clients by the raw values they were derived from: a returning client costs one
@@ -242,14 +263,18 @@ class WebEngine:
         self._w_rate = float(o.trust_weights.get("rate", 0.0))
         self._session_header = o.session_header.lower() if o.session_header else None
         self._api_header = o.api_key_header.lower() if o.api_key_header else None
-        # Header names the adapters should collect for identify() (lower case).
-        wanted = {USER_AGENT, COOKIE, self.addresses.forwarded_header}
+        # Header names the adapters collect for identify() (lower case); the user agent only
+        # when sessions are bound to it, since nothing else reads it.
+        wanted = {COOKIE, self.addresses.forwarded_header}
+        if o.bind_user_agent:
+            wanted.add(USER_AGENT)
         for name in (o.session_header, o.api_key_header):
             if name:
                 wanted.add(name.lower())
         self.header_names = frozenset(wanted)
         self.raw_names = tuple(sorted(wanted))
-        self._raw_cache: dict[tuple[bytes | str | None, ...], Client] = {}
+        self.raw_clients: dict[tuple[bytes | str | None, ...], Client] = {}
+        """Clients by ``(peer, *raw header values)`` (see :meth:`identify_raw`)."""
 
     # -- 1. who ----------------------------------------------------------------------------
     def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
@@ -263,7 +288,7 @@ class WebEngine:
             return cached
         client = self._identify(peer, fwd, headers)
         cache = self._client_cache
-        if len(cache) >= _ADDR_CACHE:
+        if len(cache) >= _CACHE:
             cache.clear()  # a flood of new clients: start over, stay bounded
         cache[ck] = client
         return client
@@ -272,7 +297,7 @@ class WebEngine:
         """:meth:`identify` from ``(peer, *raw)``: the socket peer, then the raw values of
         :attr:`raw_names` in that order (None when absent), as ASGI gives them. Decodes only a
         client it has not seen, so a returning client costs one dict lookup."""
-        cached = self._raw_cache.get(key)
+        cached = self.raw_clients.get(key)
         if cached is not None:
             return cached
         headers = {name: raw.decode("latin-1") for name, raw in zip(self.raw_names, key[1:],
@@ -281,8 +306,8 @@ class WebEngine:
         peer = key[0]
         client = self._identify(peer if isinstance(peer, str) else None,
                                 headers.get(self.addresses.forwarded_header), headers)
-        cache = self._raw_cache
-        if len(cache) >= _ADDR_CACHE:
+        cache = self.raw_clients
+        if len(cache) >= _CACHE:
             cache.clear()  # a flood of new clients: start over, stay bounded
         cache[key] = client
         return client
@@ -339,7 +364,7 @@ class WebEngine:
                 if o.travel_tolerance != "off" else None,
                 self._allowlisted(ip),
             )
-        if len(self._addr_cache) >= _ADDR_CACHE:
+        if len(self._addr_cache) >= _CACHE:
             self._addr_cache.clear()  # a flood of new addresses: start over, stay bounded
         self._addr_cache[(peer, fwd)] = where
         return where
@@ -357,17 +382,29 @@ class WebEngine:
 
     def bind(self, client: Client, now: float) -> None:
         """Point ``client`` at the records of its identities (after a sweep, or the first time)."""
-        table = self.records
         with self._lock:
+            self._bind(client, now)
+
+    def _bind(self, client: Client, now: float) -> None:
+        """:meth:`bind`, the caller holding the lock. Disarms the client: records fetched anew
+        may have been reset, so its next request is checked in full."""
+        table = self.records
+        recs: tuple[_records.Record, ...] = ()
+        if not client.allowlisted:  # an allowlisted client is never limited nor scored
             for _ in range(3):  # a sweep while binding evicts what was fetched: fetch again
                 gen = table.gen
                 recs = tuple(table.get(i, now) for i in client.identities)
                 if table.gen == gen:
                     break
-            client.recs = recs
-            client.irec = table.data.get(client.key) if client.key else None
-            client.srec = table.data.get(client.session) if client.session else None
-            client.gen = table.gen
+        client.recs = recs
+        client.r0 = recs[0] if recs else None
+        client.r1 = recs[1] if len(recs) > 1 else None
+        data = table.data
+        client.irec = data.get(client.key) if client.key and recs else None
+        client.srec = data.get(client.session) if client.session and recs else None
+        client.sbind = client.srec if client.binding is not None else None
+        client.gen = table.gen
+        client.ready = None
 
     def record(self, identity: str) -> _records.Record | None:
         """The record of ``identity``, if one is kept (for inspection and tests)."""
@@ -378,28 +415,78 @@ class WebEngine:
 
     # -- 2. before the app -----------------------------------------------------------------
     def precheck(self, client: Client, now: float) -> Decision | CheckRequest:
-        """A decision from local memory, or the question to put to the store.
+        """A decision from local memory, or the question to put to the store: :meth:`fast`,
+        else :meth:`check`."""
+        if self.threaded:
+            with self._lock:
+                ready = self.fast(client, now)
+        else:
+            ready = self.fast(client, now)
+        return ready if ready is not None else self.check(client, now)
 
-        With ``memory://`` the common case (no ban, binding holds, every identity under its
-        limit) is decided here on the client's records, with no lookups; everything else, and
-        every request with another store, is one :class:`CheckRequest`.
+    def fast(self, client: Client, now: float) -> Decision | None:
+        """The prepared decision of an armed client (see :class:`Client`), or None.
+
+        One test per identity on records the client already holds, all or nothing: with
+        ``memory://`` the GCRA step of :mod:`garrison.store.base` itself (no standing ban,
+        every identity under its limit, the session still bound where it was). The trust gain
+        and idle expiry of the admitted request are left to the scoring batch (within
+        :data:`BATCH_AGE` seconds), so the verdict a request sees may lag by up to one batch.
+        With threads the caller holds the lock (:meth:`precheck` does).
         """
-        self.metrics.requests += 1
+        ready = client.ready
+        if ready is None or now >= client.until or client.gen != self.records.gen:
+            return None
+        r0 = client.r0
+        if r0 is None:
+            return ready  # allowlisted, or no identity to limit
+        sb = client.sbind
+        if sb is not None and (sb.bgroup != client.travel or sb.bagent != client.agent
+                               or sb.bexp <= now):
+            return None
+        r1 = client.r1
+        if not self._local:  # a shared store: spend what its leases hold
+            cost = self._cost
+            if r0.ltok < cost or r0.luntil <= now or r0.ban_until > now:
+                return None
+            if r1 is not None:
+                if r1.ltok < cost or r1.luntil <= now or r1.ban_until > now:
+                    return None
+                r1.ltok -= cost
+            r0.ltok -= cost
+            client.fast += 1
+            return ready
+        k = self._k
+        t0 = r0.tat
+        if t0 < now:
+            t0 = now
+        t0 += k / (0.5 + r0.trust)
+        if t0 - now > self._tau or r0.ban_until > now:
+            return None
+        if r1 is not None:
+            t1 = r1.tat
+            if t1 < now:
+                t1 = now
+            t1 += k / (0.5 + r1.trust)
+            if t1 - now > self._tau or r1.ban_until > now:
+                return None
+            r1.tat = t1
+        r0.tat = t0
+        client.fast += 1
+        return ready
+
+    def check(self, client: Client, now: float) -> Decision | CheckRequest:
+        """The full check of a request: a decision from local memory (allowlist, a ban this
+        process knows, the memory store), else the :class:`CheckRequest` for the store."""
         if client.allowlisted:
+            client.ready, client.until = PASS, _INF
             return PASS
+        if self._batch and self.threaded:
+            self.drain()  # sync adapters: score what is queued first, so state is current
         if client.gen != self.records.gen:
             self.bind(client, now)
-        recs = client.recs
-        o = self.options
-        mem = self._mem
-        if mem is not None and recs:
-            with self._lock:  # spend() refuses nothing: a ban sends it to the checks below
-                trust = mem.spend(recs, client.srec,
-                                  client.travel if client.session else None, client.agent,
-                                  o.travel_session_ttl, now, self._cost)
-            if trust >= 0.0:
-                return self._admit(client, trust, now)
-        for rec in recs:
+        client.ready = None
+        for rec in client.recs:
             if rec.ban_until > now:
                 return self._refuse(client, rec.reason or BAN, rec.ban_until - now, 429, None,
                                     now)
@@ -407,7 +494,10 @@ class WebEngine:
         if self._pending:
             with self._lock:
                 bans, self._pending = tuple(self._pending), []
-        return CheckRequest(now, client.identities, client.binding, bans, self._cost)
+        req = CheckRequest(now, client.identities, client.binding, bans, self._cost)
+        if self._mem is not None and self.store is self._mem:
+            return self.decide(client, self._mem.check(req), now)  # no coroutine for memory://
+        return req
 
     def decide(self, client: Client, result: CheckResult, now: float) -> Decision:
         """Turn the store's answer into a decision; emit events for escalations."""
@@ -426,29 +516,20 @@ class WebEngine:
             if result.event:
                 self._escalation_event(client, result, now)
             return self._refuse(client, reason, result.retry_after, 429, None, now)
-        return self._admit(client, None if result.degraded else result.trust, now)
+        decision = self._admit(client, None if result.degraded else result.trust, now)
+        if (decision.allowed and not decision.dry_run and not result.degraded
+                and (self._local or self._leased)
+                and len(client.recs) <= 2):  # three identities (an API key): always in full
+            client.ready, client.until = decision, now + self._refresh
+        return decision
 
     def _admit(self, client: Client, rate_trust: float | None, now: float) -> Decision:
-        """An allowed request's decision, unless the fused verdict distrusts the client.
-
-        Without a reputation source the verdict depends only on the client's bot risk and its
-        rate-limit trust, so the last one is reused for :data:`REUSE` requests while the risks
-        are unchanged: its rate trust lags by at most ``REUSE * trust_gain``.
-        """
-        ir, sr = client.irec, client.srec
-        ri = ir.risk if ir is not None else None
-        rs = sr.risk if sr is not None else None
-        if client.dleft > 0 and ri is client.dri and rs is client.drs:
-            client.dleft -= 1
-            return client.decision  # type: ignore[return-value]  # set with dleft
+        """An allowed request's decision, unless the fused verdict distrusts the client."""
         verdict = self.verdict(client, rate_trust, now)
         if verdict.trust < self.options.min_trust:
             reason = BLOCKLIST if verdict.blocklisted else DISTRUST
             return self._refuse(client, reason, self.options.bot_ban, 403, verdict, now)
-        decision = Decision(True, None, 0.0, 200, verdict)
-        if rate_trust is not None and self.options.reputation is None:
-            client.decision, client.dleft, client.dri, client.drs = decision, REUSE, ri, rs
-        return decision
+        return Decision(True, None, 0.0, 200, verdict)
 
     def verdict(self, client: Client, rate_trust: float | None, now: float) -> Verdict:
         """The fused trust verdict of this client right now."""
@@ -499,6 +580,20 @@ class WebEngine:
         trust = 0.0 if trust < 0.0 else 1.0 if trust > 1.0 else trust
         return Verdict(trust, bot_risk, None, 0, rate_trust, False, parts)
 
+    def _rearm(self, client: Client, now: float) -> None:
+        """Prepare an armed client's next decision with its current risk and trust (its risk
+        changed in scoring); a verdict that would refuse disarms it instead, so the refusal
+        goes through :meth:`check` with its events. Caller holds the lock."""
+        low = 1.0
+        for rec in client.recs:
+            if rec.trust < low:
+                low = rec.trust
+        verdict = self.verdict(client, low if client.recs else None, now)
+        if verdict.trust < self.options.min_trust:
+            client.ready = None
+        else:
+            client.ready = Decision(True, None, 0.0, 200, verdict)
+
     def refuse_sql(self, client: Client, finding: Any, where: str, now: float) -> Decision:
         """The decision for a request carrying SQL injection (403), with its event."""
         from garrison.events import SQL_INJECTION
@@ -526,6 +621,7 @@ class WebEngine:
                 log.exception("on_block hook failed")
         if self.options.dry_run:
             return Decision(True, reason, retry, 200, verdict, True)
+        self.metrics.requests += 1  # a refused request is never queued for scoring
         return decision
 
     # -- 3. after the response -------------------------------------------------------------
@@ -538,8 +634,6 @@ class WebEngine:
         which evicts the scorer's code and data from the CPU caches between requests. The
         price is that a bot's ban can come up to one batch later.
         """
-        if client.allowlisted:
-            return
         batch = self._batch
         batch.append((client, path, status, size, now))
         if len(batch) >= BATCH or now - batch[0][4] >= BATCH_AGE:
@@ -557,96 +651,191 @@ class WebEngine:
         self.drain()
 
     def drain(self) -> None:
-        """Score every queued request now."""
+        """Score every queued request now (see :meth:`_score`)."""
         with self._lock:
             batch, self._batch = self._batch, []
-        if not batch:
-            return
-        t0 = time.perf_counter()
-        score = self._score
+            if not batch:
+                return
+            t0 = time.perf_counter()
+            events = self._score(batch)
+        self.metrics.requests += len(batch)
+        self.metrics.scoring(time.perf_counter() - t0, len(batch))
+        for event in events:
+            self._emit(event)
+        if self._pending and not self._local:
+            self._flush_bans()
+
+    def _score(self, batch: list[tuple[Client, str, int, int, float]]) -> list[Event]:
+        """Score a batch of answered requests (caller holds the lock); the events to emit.
+
+        Per request, in one loop (the scorer's code and data stay in the CPU caches for the
+        whole batch): the limiter's bookkeeping the fast path left (trust gain per admitted
+        request, idle expiry, the session binding's last-seen time), the request added to the
+        IP's and the session's history, a fresh risk when due, a ban for a bot, and the client
+        re-armed when its risk changed.
+        """
+        o = self.options
+        table = self.records
+        mem = self._mem
+        paths = self._paths
+        retain = self._retain
+        gain = self._gain
+        bind_ttl = o.travel_session_ttl
+        min_requests, window, min_span = o.min_requests, o.window, o.min_span
+        threshold, s_threshold, routes = o.threshold, o.session_threshold, bool(o.route_thresholds)
+        hot_ip, hot_s = HOT * threshold, HOT * s_threshold
+        ip_w, s_w = self._ip_w, self._s_w
+        events: list[Event] = []
         for client, path, status, size, now in batch:
             try:
-                score(client, path, status, size, now)
+                if client.allowlisted:
+                    continue
+                h = paths.get(path)
+                if h is None:
+                    if len(paths) >= _CACHE:
+                        paths.clear()
+                    h = paths[path] = path_hash(path)  # one int object per path, shared
+                cls = 0 if status < 400 else 1 if status < 500 else 2
+                if client.gen != table.gen:
+                    self._bind(client, now)
+                keep = now + retain
+                n = client.fast if mem is not None else 0  # trust Redis keeps there
+                client.fast = 0
+                for rec in client.recs:
+                    if n:
+                        t = rec.trust + gain * n
+                        rec.trust = t if t < 1.0 else 1.0
+                    if rec.offences and mem is not None:
+                        mem.touch(rec, now)
+                    elif rec.expires < keep:
+                        rec.expires = keep
+                sb = client.sbind
+                if sb is not None and mem is not None and sb.bgroup == client.travel:
+                    sb.bseen = now
+                    sb.bexp = now + bind_ttl
+                    if sb.expires < sb.bexp:
+                        sb.expires = sb.bexp
+                changed = False
+                ip_risk = sess_risk = None
+                ip_feat = sess_feat = None
+                st = client.irec
+                if st is not None:
+                    st.note(now, h, cls, size)
+                    st.since += 1
+                    risk = st.risk
+                    if (st.since >= SCORE_EVERY or st.count == min_requests
+                            or (risk is not None and risk >= hot_ip)):
+                        st.since = 0
+                        ip_feat = st.measure(now, window, min_requests, min_span)
+                        st.risk = weighted_risk(ip_feat, ip_w) if ip_feat is not None else None
+                        changed = True
+                    ip_risk = st.risk
+                ss = client.srec
+                if ss is not None:
+                    ss.note(now, h, cls, size)
+                    ss.since += 1
+                    risk = ss.risk
+                    if (ss.since >= SCORE_EVERY or ss.count == min_requests
+                            or (risk is not None and risk >= hot_s)):
+                        ss.since = 0
+                        sess_feat = ss.measure(now, window, min_requests, min_span)
+                        ss.risk = weighted_risk(sess_feat, s_w) if sess_feat is not None else None
+                        changed = True
+                    sess_risk = ss.risk
+                if changed and client.ready is not None:
+                    # re-arm with the new risk when it moved enough to matter (the verdict's
+                    # bot risk is then at most REARM_DELTA stale, or REFRESH seconds old)
+                    bot = ip_risk if sess_risk is None or (
+                        ip_risk is not None and ip_risk > sess_risk) else sess_risk
+                    verdict = client.ready.verdict
+                    was = verdict.bot_risk if verdict is not None else None
+                    if (bot is None) != (was is None) or (
+                            bot is not None and was is not None
+                            and (bot - was >= REARM_DELTA or was - bot >= REARM_DELTA)):
+                        self._rearm(client, now)
+                if ip_risk is None:
+                    final = sess_risk
+                elif sess_risk is None:
+                    final = ip_risk
+                else:
+                    final = (ip_risk + sess_risk) / 2.0
+                if final is None:
+                    continue  # nothing judged yet (a new key): no ban to consider
+                if ip_feat is not None and final < threshold:
+                    self._learn_baseline(ip_feat[5])  # requests per minute
+                if (final >= (o.threshold_for(path) if routes else threshold)
+                        or (sess_risk is not None and sess_risk >= s_threshold)):
+                    event = self._judge(client, path, now, final, ip_risk, sess_risk,
+                                        ip_feat, sess_feat)
+                    if event is not None:
+                        events.append(event)
             except Exception:  # one bad record must not lose the rest of the batch
                 log.exception("scoring failed")
-        self.metrics.scoring(time.perf_counter() - t0, len(batch))
+        return events
 
-    def _score(self, client: Client, path: str, status: int, size: int, now: float) -> None:
-        """Score one answered request; ban a bot."""
+    def _judge(self, client: Client, path: str, now: float, final: float,
+               ip_risk: float | None, sess_risk: float | None, ip_feat: Measure | None,
+               sess_feat: Measure | None) -> Event | None:
+        """Ban a client whose risk reached a threshold (caller holds the lock); the
+        ``bot-blocked`` event, or None when it was reported within the last ban."""
         o = self.options
-        h = path_hash(path)
-        if client.gen != self.records.gen:
-            self.bind(client, now)
-        keep = now + self._keep
-        with self._lock:
-            ip_risk = sess_risk = None
-            ip_feat = sess_feat = None
-            st = client.irec
-            if st is not None:
-                st.add(now, h, status, size)
-                if st.expires < keep:
-                    st.expires = keep
-                if _rescore(st, o.min_requests, o.threshold):
-                    ip_feat = st.features(now, o.window, o.min_requests, o.min_span)
-                    st.risk = ip_feat.risk(self._ip_weights) if ip_feat else None
-                ip_risk = st.risk
-            ss = client.srec
-            if ss is not None:
-                ss.add(now, h, status, size)
-                if ss.expires < keep:
-                    ss.expires = keep
-                if _rescore(ss, o.min_requests, o.session_threshold):
-                    sess_feat = ss.features(now, o.window, o.min_requests, o.min_span)
-                    ss.risk = sess_feat.risk(self._session_weights) if sess_feat else None
-                sess_risk = ss.risk
-            if ip_risk is None:
-                final = sess_risk
-            elif sess_risk is None:
-                final = ip_risk
-            else:
-                final = (ip_risk + sess_risk) / 2.0
-            if final is None:
-                return  # nothing judged yet (a new key): no ban to consider
-            if ip_feat is not None and final < o.threshold:
-                self._learn_baseline(ip_feat.rpm)
-            targets: list[tuple[str, _records.Record]] = []
-            if final >= o.threshold_for(path) and st is not None and client.key:
-                targets.append((client.key, st))
-                if ss is not None and client.session:
-                    targets.append((client.session, ss))
-            elif (sess_risk is not None and sess_risk >= o.session_threshold
-                  and ss is not None and client.session):
+        st, ss = client.irec, client.srec
+        targets: list[tuple[str, _records.Record]] = []
+        if final >= o.threshold_for(path) and st is not None and client.key:
+            targets.append((client.key, st))
+            if ss is not None and client.session:
                 targets.append((client.session, ss))
-            fresh = [t for t, rec in targets if now - rec.reported >= o.bot_ban]
-            for t, rec in targets:
-                if t not in fresh:
-                    continue
-                rec.reported = now
-                if o.dry_run:
-                    continue
-                if self._mem is not None:
-                    self._mem.apply_ban(PendingBan(t, o.bot_ban, BOT), now)
-                    continue
-                if now + o.bot_ban > rec.ban_until:
-                    rec.ban_until, rec.reason = now + o.bot_ban, BOT
-                if rec.expires < rec.ban_until:
-                    rec.expires = rec.ban_until
-                if len(self._pending) < _MAX_PENDING:
-                    self._pending.append(PendingBan(t, o.bot_ban, BOT))
-                else:
-                    self.dropped_bans += 1
-        if fresh:
-            detail = {
-                "ip": client.ip, "session": client.session, "path": path,
-                "risk": round(final, 3),
-                "ip_risk": None if ip_risk is None else round(ip_risk, 3),
-                "session_risk": None if sess_risk is None else round(sess_risk, 3),
-                "ip_features": ip_feat.as_dict() if ip_feat else None,
-                "session_features": sess_feat.as_dict() if sess_feat else None,
-                "banned": fresh, "ban_seconds": o.bot_ban, "dry_run": o.dry_run,
-            }
-            self._emit(Event(BOT_BLOCKED, now, Severity.HIGH, source_ip=client.ip,
-                             detail=detail, message=f"bot blocked: {client.ip}"))
+        elif (sess_risk is not None and sess_risk >= o.session_threshold
+              and ss is not None and client.session):
+            targets.append((client.session, ss))
+        fresh = [t for t, rec in targets if now - rec.reported >= o.bot_ban]
+        if not fresh:
+            return None
+        for t, rec in targets:
+            if t not in fresh:
+                continue
+            rec.reported = now
+            if o.dry_run:
+                continue
+            if self._mem is not None:
+                self._mem.apply_ban(PendingBan(t, o.bot_ban, BOT), now)
+                continue
+            if now + o.bot_ban > rec.ban_until:
+                rec.ban_until, rec.reason = now + o.bot_ban, BOT
+            if rec.expires < rec.ban_until:
+                rec.expires = rec.ban_until
+            if len(self._pending) < _MAX_PENDING:
+                self._pending.append(PendingBan(t, o.bot_ban, BOT))
+            else:
+                self.dropped_bans += 1
+        detail = {
+            "ip": client.ip, "session": client.session, "path": path,
+            "risk": round(final, 3),
+            "ip_risk": None if ip_risk is None else round(ip_risk, 3),
+            "session_risk": None if sess_risk is None else round(sess_risk, 3),
+            "ip_features": Features(*ip_feat).as_dict() if ip_feat else None,
+            "session_features": Features(*sess_feat).as_dict() if sess_feat else None,
+            "banned": fresh, "ban_seconds": o.bot_ban, "dry_run": o.dry_run,
+        }
+        return Event(BOT_BLOCKED, now, Severity.HIGH, source_ip=client.ip, detail=detail,
+                     message=f"bot blocked: {client.ip}")
+
+    def _flush_bans(self) -> None:
+        """Send the bans scoring decided to a shared store now, not with some later request's
+        check: under asyncio as a task, otherwise at once (the response has gone out)."""
+        with self._lock:
+            bans, self._pending = tuple(self._pending), []
+        if not bans:
+            return
+        req = CheckRequest(self.clock(), (), None, bans, self._cost)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.store.check(req)  # fails open and keeps the bans queued in the store
+            return
+        task = loop.create_task(self.store.acheck(req))
+        self._tasks.add(task)  # hold it until done (the loop keeps only a weak reference)
+        task.add_done_callback(self._tasks.discard)
 
     def _learn_baseline(self, rpm: float) -> None:
         """Fold one client's request rate (per minute) into the baseline and rescale limits.
@@ -660,8 +849,10 @@ class WebEngine:
         self.baseline_rpm += 0.02 * (rpm - self.baseline_rpm)
         o = self.options
         if o.adaptive_limits:
-            wanted = o.baseline_headroom * self.baseline_rpm / 60.0 / self.store.policy.rate
+            rate = self.store.policy.rate
+            wanted = o.baseline_headroom * self.baseline_rpm / 60.0 / rate
             self._cost = 1.0 / max(1.0, min(wanted, o.max_rate_scale))
+            self._k = self._cost / rate
 
     @property
     def rate_scale(self) -> float:

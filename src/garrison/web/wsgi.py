@@ -67,6 +67,7 @@ class GarrisonWSGIMiddleware:
         self.app = app
         self.options = WebOptions(**options)
         self.engine = WebEngine(self.options)
+        self.engine.threaded = True  # WSGI servers answer requests on several threads
         self._inspect = load_inspector() if self.options.sql_firewall else None
 
     @property
