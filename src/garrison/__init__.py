@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from garrison.bus import EventBus, Handler
-from garrison.config import GarrisonConfig, load_config
-from garrison.engine import Component, Garrison
-from garrison.events import Event, Severity
+from garrison import _native
+
+_native.install()  # before anything imports a compiled module: the build, or the source
+
+from garrison.bus import EventBus, Handler  # noqa: E402
+from garrison.config import GarrisonConfig, load_config  # noqa: E402
+from garrison.engine import Component, Garrison  # noqa: E402
+from garrison.events import Event, Severity  # noqa: E402
 
 __version__ = "0.1.0"
 
