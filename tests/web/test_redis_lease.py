@@ -47,6 +47,7 @@ def make(redis_server: RedisServer) -> Iterator[Make]:
 
     def new(**kw: Any) -> RedisStore:
         kw.setdefault("timeout", 1.0)
+        kw.setdefault("lease_ttl", 5.0)  # the timelines below are written for 5 s leases
         s = RedisStore(redis_server.url, kw.pop("policy", POLICY), namespace="lease", **kw)
         made.append(s)
         return s
@@ -189,6 +190,20 @@ def test_impossible_travel_is_caught_while_another_worker_holds_the_lease(make: 
     assert r.bound_group == home.group
     # a refuses the session once its lease (a quarter of the window, max 5 s) has expired
     assert ask(a, now + 5.0, "ip:home", "s:t", binding=home).reason == TRAVEL
+
+
+def test_default_leases_live_a_quarter_of_the_default_travel_window(
+        redis_server: RedisServer) -> None:
+    s = RedisStore(redis_server.url, POLICY, namespace="lease-default", timeout=1.0)
+    try:
+        home = Binding("s:d", "198.51.100.0/24", window=60.0)  # the web default travel_window
+        assert ask(s, T0, "ip:d", "s:d", binding=home).allowed
+        assert ask(s, T0 + 14.9, "ip:d", "s:d", binding=home).allowed
+        assert s.round_trips == 1  # answered from the lease
+        assert ask(s, T0 + 15.0, "ip:d", "s:d", binding=home).allowed
+        assert s.round_trips == 2  # expired: Redis again
+    finally:
+        s.close()
 
 
 def test_lease_ttl_is_at_most_a_quarter_of_the_travel_window(make: Make) -> None:
