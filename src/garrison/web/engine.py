@@ -76,8 +76,12 @@ BATCH: Final = 32
 """Answered requests scored together (see :meth:`WebEngine.after`)."""
 BATCH_AGE: Final = 0.05
 """Seconds after which a partial batch is scored anyway."""
-REFRESH: Final = 30.0
-"""Seconds a client stays armed at most: its verdict is computed afresh at least this often."""
+REFRESH: Final = 300.0
+"""Seconds a client stays armed at most: its verdict is computed afresh at least this often.
+Without a reputation source nothing the fast path skips can turn an armed client's answer into
+a refusal: a limit, a ban or a move disarms it at once, and scoring rebuilds its verdict when
+its bot risk moves. What goes stale is the rate trust in the verdict the app sees, which only
+rises while the client stays armed (good behaviour), so it errs low for at most this long."""
 REPUTATION_REFRESH: Final = 1.0
 """The same with a reputation source, whose answers change outside the middleware."""
 REARM_DELTA: Final = 0.05
