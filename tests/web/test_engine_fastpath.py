@@ -130,3 +130,42 @@ async def test_a_partial_batch_is_drained_by_a_timer_under_asyncio() -> None:
     assert client.irec is not None and client.irec.count == 0
     await asyncio.sleep(BATCH_AGE * 3)
     assert client.irec.count == 1 and eng.metrics.scored == 1
+
+
+async def test_asgi_scoring_sees_the_status_and_every_body_byte_of_the_response() -> None:
+    from garrison.web.asgi import GarrisonMiddleware, Message
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 404,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"text/plain")]})
+        for chunk in (b"not ", b"found", b""):  # streamed in three messages
+            await send({"type": "http.response.body", "body": chunk,  # type: ignore[operator]
+                        "more_body": bool(chunk)})
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    clock = [T0]
+    mw = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                            clock=lambda: clock[0])
+    for i in range(3):
+        clock[0] = T0 + i
+        scope = {"type": "http", "method": "GET", "path": "/missing",
+                 "client": ("127.0.0.1", 1),
+                 "headers": [(b"x-forwarded-for", b"198.51.100.30"), (b"cookie", b"a=1"),
+                             (b"x-forwarded-for", b"198.51.100.31")]}  # the last one counts
+        await mw(scope, receive, send)
+    assert [m.get("status") for m in sent[:4]] == [404, None, None, None]  # passed on as sent
+    mw.engine.drain()
+    client = mw.engine.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.31"})
+    mw.engine.bind(client, T0)  # its records, as the request path binds them
+    rec = client.irec
+    assert rec is not None and rec.count == 3
+    assert rec.volume == 3 * len(b"not found")
+    features = rec.features(T0 + 2, 120.0, 3, 0.0)
+    assert features is not None and features.errors == 1.0  # every 404 is a client error
