@@ -1,13 +1,22 @@
 """Benchmark of the web middleware: a minimal ASGI app with and without GarrisonMiddleware.
 
-Same server (uvicorn, one worker), same load generator (wrk), same run: the bare app, the
-middleware on ``memory://`` and the middleware on a real ``redis-server`` started here on a free
-loopback port. wrk sends ``X-Forwarded-For`` from 10,000 client addresses through a trusted proxy
-(127.0.0.1), so the limiter, the session binding and the scorer all do their full work. Reports
-requests/s, p50/p99 latency and the ratio to the bare app, plus memory per tracked IP and session
-(tracemalloc), and writes them to ``docs/benchmarks/web.md``.
+Same server (uvicorn, one worker, h11), same load generator (wrk), same run: the bare app, the
+middleware on ``memory://`` and on a real ``redis-server`` started here on a free loopback port,
+each with the compiled build (when the install has one, see setup.py) and as pure Python
+(``GARRISON_PURE=1``), and SlowAPI as a peer tool. wrk sends ``X-Forwarded-For`` from 10,000
+client addresses through a trusted proxy (127.0.0.1) and 5,000 session cookies, so the limiter,
+the session binding and the scorer all do their full work.
 
-Run: ``.venv/bin/python benchmarks/bench_web.py [--duration 10] [--rounds 2]``.
+Every server is started once and warmed until each client is known and scored (each client
+``min_requests`` times, round robin); then the servers are measured in turns, several rounds,
+each turn after a short warm-up of its own, so that a machine whose speed drifts (a shared
+virtual machine does) affects every variant alike. Reported: requests/s (median and best of the
+rounds), the ratio to the bare app (median of the per-round ratios), p50/p99 latency, and the
+server process's CPU time per request; then the middleware's own cost per request measured
+in-process, and memory per tracked IP and session (tracemalloc). Written to
+``docs/benchmarks/web.md``.
+
+Run: ``.venv/bin/python benchmarks/bench_web.py [--duration 10] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -18,23 +27,31 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import tracemalloc
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from machine import cpu_model  # benchmarks/machine.py (the script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
-FRAMEWORKS = ("asgi", "starlette")
-"""``asgi``: a raw ASGI callable (harshest baseline); ``starlette``: a one-route Starlette app."""
-VARIANTS = ("bare", "memory", "redis", "slowapi")
-"""``slowapi``: a peer tool for comparison (Starlette only; ``pip install -e '.[bench]'``):
-SlowAPI's pure-ASGI middleware limiting each ``X-Forwarded-For`` address in memory, a rate
-limiter alone, with no scoring, sessions or hijack detection."""
+CLIENTS = 10_000
+WARM_PASSES = 8  # = the middleware's min_requests: every client is scored before measuring
+# On two or more CPUs the server gets CPU 0 to itself and wrk and redis-server share CPU 1, so
+# the server's throughput is its own CPU cost per request, not the scheduler's mood.
+PINNED = len(os.sched_getaffinity(0)) >= 2
+SERVER_CPUS, LOAD_CPUS = ({0}, {1}) if PINNED else (set(), set())
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep process ``pid`` (and the threads it starts later) on ``cpus`` (no-op if empty)."""
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
 
 APP = textwrap.dedent('''
     import os
@@ -75,17 +92,51 @@ APP = textwrap.dedent('''
                                  trusted_proxies=["127.0.0.1"], store_timeout=0.2)
 ''')
 
+_CLIENT = '''
+  local ip = "10.0." .. math.floor(i / 250) .. "." .. (i % 250 + 1)
+  local sess = "session=s" .. math.floor(i / 2)
+  return wrk.format("GET", "/", {["X-Forwarded-For"] = ip, ["Cookie"] = sess})
+'''
 WRK_SCRIPT = textwrap.dedent('''
+    -- 10,000 clients; each session cookie stays with its client (two clients per session,
+    -- both in the same /24, so no "impossible travel").
     math.randomseed(7)
     request = function()
-      -- 10,000 clients; each session cookie stays with its client (two clients per session,
-      -- both in the same /24, so no "impossible travel").
       local i = math.random(0, 9999)
-      local ip = "10.0." .. math.floor(i / 250) .. "." .. (i % 250 + 1)
-      local sess = "session=s" .. math.floor(i / 2)
-      return wrk.format("GET", "/", {["X-Forwarded-For"] = ip, ["Cookie"] = sess})
-    end
-''')
+''') + _CLIENT + "end\n"
+WARM_SCRIPT = textwrap.dedent(f'''
+    -- every client {WARM_PASSES} times, round robin, then stop
+    n = 0
+    request = function()
+      local i = n % {CLIENTS}
+      n = n + 1
+      if n > {WARM_PASSES * CLIENTS} then os.exit(0) end
+''') + _CLIENT + "end\n"
+
+
+@dataclass(frozen=True)
+class Variant:
+    framework: str
+    name: str
+    store: str  # "memory", "redis" or "" (no Garrison)
+    pure: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.framework}/{self.name}"
+
+
+def variants(has_slowapi: bool) -> list[Variant]:
+    out = []
+    for fw in ("asgi", "starlette"):
+        out += [Variant(fw, "bare", ""), Variant(fw, "memory", "memory"),
+                Variant(fw, "redis", "redis")]
+        if fw == "asgi":  # the pure-Python fallback, on the harshest baseline
+            out += [Variant(fw, "memory (pure)", "memory", True),
+                    Variant(fw, "redis (pure)", "redis", True)]
+        if fw == "starlette" and has_slowapi:
+            out.append(Variant(fw, "slowapi", ""))
+    return out
 
 
 def free_port() -> int:
@@ -127,36 +178,53 @@ def parse_wrk(text: str) -> dict[str, float]:
     }
 
 
-def run_variant(framework: str, variant: str, store: str, workdir: Path, duration: int,
-                connections: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    variant: Variant
+    proc: subprocess.Popen[bytes]
+    url: str
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+
+def start(v: Variant, redis_url: str, workdir: Path) -> Server:
     port = free_port()
-    env = {**os.environ, "BENCH_VARIANT": variant, "BENCH_STORE": store,
-           "BENCH_FRAMEWORK": framework}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "benchapp:app", "--app-dir", str(workdir),
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level",
-         "warning", "--no-proxy-headers"],
+    env = {**os.environ, "BENCH_VARIANT": v.name if v.name in ("bare", "slowapi") else "garrison",
+           "BENCH_STORE": redis_url if v.store == "redis" else "memory://",
+           "BENCH_FRAMEWORK": v.framework}
+    env.pop("GARRISON_PURE", None)
+    if v.pure:
+        env["GARRISON_PURE"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-m", "uvicorn", "benchapp:app", "--app-dir",
+         str(workdir), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+         "--log-level", "warning", "--no-proxy-headers"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        wait_port(port)
-        script = workdir / "clients.lua"
-        url = f"http://127.0.0.1:{port}/"
-        subprocess.run(["wrk", "-t1", "-c", str(connections), "-d2s", "-s", str(script), url],
-                       check=True, capture_output=True, timeout=60)  # warm-up
-        out = subprocess.run(
-            ["wrk", "-t1", "-c", str(connections), f"-d{duration}s", "--latency", "-s",
-             str(script), url],
-            check=True, capture_output=True, text=True, timeout=duration + 60,
-        ).stdout
-        return parse_wrk(out)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    pin(proc.pid, SERVER_CPUS)
+    wait_port(port)
+    return Server(v, proc, f"http://127.0.0.1:{port}/")
+
+
+def wrk(url: str, script: Path, seconds: int, connections: int) -> str:
+    return subprocess.run(
+        ["wrk", "-t1", "-c", str(connections), f"-d{seconds}s", "--latency", "-s", str(script),
+         url], check=True, capture_output=True, text=True, timeout=seconds + 120,
+        preexec_fn=lambda: pin(0, LOAD_CPUS),
+    ).stdout
+
+
+def measure(server: Server, workdir: Path, duration: int, connections: int) -> dict[str, float]:
+    wrk(server.url, workdir / "clients.lua", 2, connections)  # re-warm: clients re-armed
+    c0 = cpu_seconds(server.proc.pid)
+    r = parse_wrk(wrk(server.url, workdir / "clients.lua", duration, connections))
+    r["cpu_us"] = (cpu_seconds(server.proc.pid) - c0) / r["requests"] * 1e6
+    return r
 
 
 def memory_per_key(n: int = 20_000) -> dict[str, float]:
@@ -193,50 +261,61 @@ def memory_per_key(n: int = 20_000) -> dict[str, float]:
 
 def inprocess_cost(n: int = 30_000) -> dict[str, float]:
     """Microseconds per request the middleware adds on the ASGI path, measured in-process
-    (no server, no sockets; memory store): the part of the server's time that is ours."""
+    (no server, no sockets; memory store), for returning clients (known, scored, armed) and
+    for clients seen for the first time."""
     import asyncio
     import random
 
     sys.path.insert(0, str(ROOT / "src"))
     from garrison.bus import EventBus
     from garrison.web import GarrisonMiddleware
+    from garrison.web.asgi import ASGIApp, Message, Receive, Scope, Send
 
-    async def bare(scope: dict[str, object], receive: object, send: object) -> None:
-        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+    async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})
 
-    rng = random.Random(7)
-    scopes = []
-    for _ in range(n):
-        i = rng.randrange(10_000)
-        scopes.append({
-            "type": "http", "method": "GET", "path": "/", "query_string": b"",
-            "client": ("127.0.0.1", 5000),
-            "headers": [(b"host", b"bench"), (b"user-agent", b"wrk"),
-                        (b"x-forwarded-for", f"10.0.{i // 250}.{i % 250 + 1}".encode()),
-                        (b"cookie", f"session=s{i // 2}".encode())],
-        })
+    def scope(i: int) -> Scope:
+        return {"type": "http", "method": "GET", "path": "/", "query_string": b"",
+                "client": ("127.0.0.1", 5000),
+                "headers": [(b"host", b"bench"), (b"user-agent", b"wrk"),
+                            (b"x-forwarded-for", f"10.{i // 62500}.{i // 250 % 250}."
+                                                 f"{i % 250 + 1}".encode()),
+                            (b"cookie", f"session=s{i // 2}".encode())]}
 
-    async def receive() -> dict[str, object]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: object) -> None:
+    async def send(message: Message) -> None:
         return None
 
-    async def run(app: object) -> float:
-        for sc in scopes[: n // 5]:  # warm up: clients already known
-            await app(dict(sc), receive, send)  # type: ignore[operator]
+    clock = [1_800_000_000.0]
+
+    def tick() -> float:
+        clock[0] += 1e-4
+        return clock[0]
+
+    rng = random.Random(7)
+    returning = [scope(rng.randrange(CLIENTS)) for _ in range(n)]
+    fresh = [scope(CLIENTS + i) for i in range(n)]
+
+    async def run(app: ASGIApp, scopes: list[Scope]) -> float:
         t0 = time.perf_counter()
         for sc in scopes:
-            await app(dict(sc), receive, send)  # type: ignore[operator]
-        return (time.perf_counter() - t0) / n * 1e6
+            await app(dict(sc), receive, send)
+        return (time.perf_counter() - t0) / len(scopes) * 1e6
 
-    base = min(asyncio.run(run(bare)) for _ in range(3))
-    with_mw = min(asyncio.run(run(GarrisonMiddleware(bare, bus=EventBus(),
-                                                     trusted_proxies=["127.0.0.1"])))
-                  for _ in range(3))
-    return {"bare": base, "middleware": with_mw - base}
+    async def main() -> dict[str, float]:
+        base = min([await run(bare, returning) for _ in range(3)])
+        mw = GarrisonMiddleware(bare, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                                clock=tick)
+        await run(mw, [scope(i % CLIENTS) for i in range(WARM_PASSES * CLIENTS)])
+        known = min([await run(mw, returning) for _ in range(3)])
+        new = await run(mw, fresh)
+        return {"bare": base, "returning": known - base, "new": new - base}
+
+    return asyncio.run(main())
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -248,47 +327,67 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    pin(proc.pid, LOAD_CPUS)
     wait_port(port)
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+def compiled() -> bool:
+    sys.path.insert(0, str(ROOT / "src"))
+    from garrison import _native
+
+    return _native.COMPILED
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best is kept)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measured turn")
+    ap.add_argument("--rounds", type=int, default=3, help="turns per server")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web.md"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian package wrk)")
-    results: dict[str, dict[str, float]] = {}
     try:
         import slowapi  # noqa: F401
         has_slowapi = True
     except ImportError:
         has_slowapi = False
         print("slowapi not installed: no peer-tool row (pip install -e '.[bench]')")
+    is_compiled = compiled()
+    if not is_compiled:
+        print("no compiled build: the 'memory'/'redis' rows are pure Python too")
+    servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
         (workdir / "benchapp.py").write_text(APP)
         (workdir / "clients.lua").write_text(WRK_SCRIPT)
+        (workdir / "warm.lua").write_text(WARM_SCRIPT)
         redis_proc, redis_url = start_redis(workdir)
         try:
-            for _ in range(args.rounds):
-                for framework in FRAMEWORKS:
-                    for name in VARIANTS:
-                        if name == "slowapi" and (framework != "starlette" or not has_slowapi):
-                            continue
-                        store = redis_url if name == "redis" else "memory://"
-                        r = run_variant(framework, name, store, workdir, args.duration,
-                                        args.connections)
-                        key = f"{framework}/{name}"
-                        print(f"{key:18s} {r['rps']:8.0f} req/s  p50 {r['p50'] * 1e3:6.2f} ms"
-                              f"  p99 {r['p99'] * 1e3:6.2f} ms  non-2xx {r['non2xx']:.0f}",
-                              flush=True)
-                        if key not in results or r["rps"] > results[key]["rps"]:
-                            results[key] = r
+            for v in variants(has_slowapi):
+                s = start(v, redis_url, workdir)
+                servers.append(s)
+                t0 = time.monotonic()
+                wrk(s.url, workdir / "warm.lua", 600, args.connections)
+                print(f"{v.key:26s} warmed ({WARM_PASSES * CLIENTS} requests, "
+                      f"{time.monotonic() - t0:.0f} s)", flush=True)
+            for rnd in range(args.rounds):
+                for s in servers:
+                    r = measure(s, workdir, args.duration, args.connections)
+                    s.runs.append(r)
+                    print(f"round {rnd + 1} {s.variant.key:26s} {r['rps']:8.0f} req/s  "
+                          f"p50 {r['p50'] * 1e3:6.2f} ms  p99 {r['p99'] * 1e3:6.2f} ms  "
+                          f"cpu {r['cpu_us']:6.1f} us/req  non-2xx {r['non2xx']:.0f}",
+                          flush=True)
         finally:
+            for s in servers:
+                s.proc.terminate()
+            for s in servers:
+                try:
+                    s.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
             redis_proc.kill()
             redis_proc.wait()
     mem = memory_per_key()
@@ -298,25 +397,37 @@ def main() -> None:
         "",
         f"- machine: {os.cpu_count()} CPUs (`nproc`), {cpu_model()}",
         f"- Python {platform.python_version()}, uvicorn (h11, one worker), wrk -t1 "
-        f"-c{args.connections}, {args.duration} s per run, best of {args.rounds} interleaved "
-        "rounds",
+        f"-c{args.connections}; {args.rounds} measured turns of {args.duration} s per server, "
+        "the servers taking turns; "
+        + ("the server pinned to CPU 0, wrk and redis-server to CPU 1" if PINNED
+           else "one CPU: nothing pinned"),
         f"- command: `.venv/bin/python benchmarks/bench_web.py --duration {args.duration} "
         f"--rounds {args.rounds}`",
-        "- traffic: `X-Forwarded-For` from 10,000 addresses (trusted proxy 127.0.0.1), 5,000 "
-        "session cookies; the middleware does its full work (limiter, binding, scoring)",
+        f"- build: {'compiled (mypyc, see setup.py)' if is_compiled else 'pure Python'} for the "
+        "memory and redis rows; the `(pure)` rows run the same source uncompiled "
+        "(`GARRISON_PURE=1`)",
+        f"- traffic: `X-Forwarded-For` from {CLIENTS:,} addresses (trusted proxy 127.0.0.1), "
+        f"{CLIENTS // 2:,} session cookies, random order; before measuring, every client made "
+        f"{WARM_PASSES} requests (so each is known and scored), and every turn starts with 2 s "
+        "of the same traffic; the middleware does its full work (limiter, binding, scoring)",
         "",
-        "| app | variant | req/s | ratio to bare | p50 (ms) | p99 (ms) | non-2xx |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| app | variant | req/s (median) | req/s (best) | ratio to bare (median) | "
+        "p50 (ms) | p99 (ms) | server CPU per request (us) | non-2xx |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for framework in FRAMEWORKS:
-        bare = results[f"{framework}/bare"]["rps"]
-        for name in VARIANTS:
-            if f"{framework}/{name}" not in results:
+    for fw in ("asgi", "starlette"):
+        bare = next(s for s in servers if s.variant.key == f"{fw}/bare")
+        for s in servers:
+            if s.variant.framework != fw:
                 continue
-            r = results[f"{framework}/{name}"]
+            ratios = [r["rps"] / b["rps"] for r, b in zip(s.runs, bare.runs, strict=True)]
             lines.append(
-                f"| {framework} | {name} | {r['rps']:.0f} | {r['rps'] / bare:.2f}x | "
-                f"{r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | {r['non2xx']:.0f} |"
+                f"| {fw} | {s.variant.name} | {statistics.median(r['rps'] for r in s.runs):.0f} | "
+                f"{max(r['rps'] for r in s.runs):.0f} | {statistics.median(ratios):.2f}x | "
+                f"{statistics.median(r['p50'] for r in s.runs) * 1e3:.2f} | "
+                f"{statistics.median(r['p99'] for r in s.runs) * 1e3:.2f} | "
+                f"{statistics.median(r['cpu_us'] for r in s.runs):.0f} | "
+                f"{sum(r['non2xx'] for r in s.runs):.0f} |"
             )
     lines += [
         "",
@@ -324,27 +435,10 @@ def main() -> None:
         "",
         "## Where the time goes",
         "",
-        f"- in-process cost of the middleware per request (ASGI path, memory store, 10,000 "
-        f"clients, no sockets): {cost['middleware']:.1f} us "
-        f"(bare app: {cost['bare']:.1f} us)",
-        f"- server time per request of the bare app in the wrk run: "
-        f"{1e6 / results['asgi/bare']['rps']:.0f} us (uvicorn + h11 parsing and writing)",
-        "- The ratio is the middleware's pure-Python work (address lookup, session hash, GCRA "
-        "for IP and session, session binding, fused verdict, history update and scoring) "
-        "against a request that does nothing. On a real application handler that takes a "
-        "millisecond the same per-request cost is a few percent.",
-        "- Split of the steady-state cost (every client already known), by disabling parts: "
-        "scoring after the response about 45% (two history updates, and a feature pass over "
-        "the 32-request ring when a key reaches `min_requests` and every 8th request after), "
-        "the store check about 30% (GCRA for IP and session, the session binding), the rest "
-        "about 25% (ASGI wrapper, identify, precheck, verdict). With 10,000 addresses and "
-        "5,000 sessions most of it is cache misses: each request touches six per-key tables "
-        "(engine IP and session histories, ban map, store state for IP and session, bindings). "
-        "The 0.9x floor needs about 12 us; reaching it needs one shared per-key record for "
-        "engine and store and incremental scoring, not further trimming.",
-        "- Redis: each request is one EVALSHA round trip (pipelined across concurrent requests "
-        "on one connection); the redis-server process shares the same 2 cores with wrk and "
-        "uvicorn.",
+        f"- the middleware's own cost per request, in-process (ASGI path, memory store, no "
+        f"server, no sockets): {cost['returning']:.1f} us for a returning client (known, "
+        f"scored, armed), {cost['new']:.1f} us for a client's first request (address parsing, "
+        f"hashing, new records, the full check); a bare ASGI call costs {cost['bare']:.1f} us",
         "",
         "## Memory per tracked key (tracemalloc, 20,000 keys, 10 requests each)",
         "",
