@@ -332,6 +332,14 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+def prepare(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Write the app and the wrk scripts into ``workdir`` and start a redis-server there."""
+    (workdir / "benchapp.py").write_text(APP)
+    (workdir / "clients.lua").write_text(WRK_SCRIPT)
+    (workdir / "warm.lua").write_text(WARM_SCRIPT)
+    return start_redis(workdir)
+
+
 def compiled() -> bool:
     sys.path.insert(0, str(ROOT / "src"))
     from garrison import _native
@@ -360,10 +368,7 @@ def main() -> None:
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
-        (workdir / "benchapp.py").write_text(APP)
-        (workdir / "clients.lua").write_text(WRK_SCRIPT)
-        (workdir / "warm.lua").write_text(WARM_SCRIPT)
-        redis_proc, redis_url = start_redis(workdir)
+        redis_proc, redis_url = prepare(workdir)
         try:
             for v in variants(has_slowapi):
                 s = start(v, redis_url, workdir)

@@ -24,19 +24,17 @@ import tempfile
 from pathlib import Path
 
 from bench_web import (
-    APP,
     CLIENTS,
     LOAD_CPUS,
     PINNED,
     ROOT,
     WARM_PASSES,
-    WARM_SCRIPT,
-    WRK_SCRIPT,
     Variant,
     compiled,
     cpu_seconds,
+    pin,
+    prepare,
     start,
-    start_redis,
 )
 from machine import cpu_model
 
@@ -45,7 +43,7 @@ def _wrk(url: str, script: Path, seconds: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script), url],
         stdout=subprocess.PIPE, text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPUS) if LOAD_CPUS else None,
+        preexec_fn=lambda: pin(0, LOAD_CPUS),
     )
 
 
@@ -95,10 +93,7 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="gw-paired-") as tmp:
         workdir = Path(tmp)
-        (workdir / "benchapp.py").write_text(APP)
-        (workdir / "clients.lua").write_text(WRK_SCRIPT)
-        (workdir / "warm.lua").write_text(WARM_SCRIPT)
-        redis_proc, redis_url = start_redis(workdir)
+        redis_proc, redis_url = prepare(workdir)
         try:
             for v in chosen:
                 results[v.name] = pair(v, redis_url, workdir, args.rounds, args.duration)

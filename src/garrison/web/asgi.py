@@ -130,9 +130,10 @@ class GarrisonMiddleware:
             now = eng.clock()
             if _get_ident() != self._owner:
                 eng.threaded = True  # served from more than one thread: lock the fast path
-            decision = None if eng.threaded else eng.fast(client, now)
-            if decision is None:
-                pre = eng.precheck(client, now)
+            threaded = eng.threaded
+            decision = None if threaded else eng.fast(client, now)
+            if decision is None:  # the full check (precheck tries fast itself, under the lock)
+                pre = eng.precheck(client, now) if threaded else eng.check(client, now)
                 if isinstance(pre, CheckRequest):
                     decision = eng.decide(client, await eng.store.acheck(pre), now)
                 else:

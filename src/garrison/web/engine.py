@@ -174,6 +174,25 @@ def _hash(kind: str, value: str) -> str:
                                   digest_size=12).hexdigest()
 
 
+def _note(rec: _records.Record, now: float, path: int, cls: int, size: int, hot: float,
+          weights: tuple[float, float, float, float, float], window: float, min_requests: int,
+          min_span: float) -> Measure | None:
+    """Add an answered request to ``rec``'s history and re-score it when due: every
+    :data:`SCORE_EVERY` requests, at ``min_requests``, and on every request once its risk is
+    past ``hot``. Re-scoring sets ``rec.risk`` and resets ``rec.since`` to 0; returns the
+    features it measured (None when not re-scored or not enough history)."""
+    rec.note(now, path, cls, size)
+    rec.since += 1
+    risk = rec.risk
+    if not (rec.since >= SCORE_EVERY or rec.count == min_requests
+            or (risk is not None and risk >= hot)):
+        return None
+    rec.since = 0
+    feat = rec.measure(now, window, min_requests, min_span)
+    rec.risk = weighted_risk(feat, weights) if feat is not None else None
+    return feat
+
+
 def cookie_value(header: str | None, name: str) -> str | None:
     """The value of cookie ``name`` in a ``Cookie`` header, or None."""
     if not header:
@@ -724,27 +743,15 @@ class WebEngine:
                 ip_feat = sess_feat = None
                 st = client.irec
                 if st is not None:
-                    st.note(now, h, cls, size)
-                    st.since += 1
-                    risk = st.risk
-                    if (st.since >= SCORE_EVERY or st.count == min_requests
-                            or (risk is not None and risk >= hot_ip)):
-                        st.since = 0
-                        ip_feat = st.measure(now, window, min_requests, min_span)
-                        st.risk = weighted_risk(ip_feat, ip_w) if ip_feat is not None else None
-                        changed = True
+                    ip_feat = _note(st, now, h, cls, size, hot_ip, ip_w, window, min_requests,
+                                    min_span)
+                    changed = st.since == 0
                     ip_risk = st.risk
                 ss = client.srec
                 if ss is not None:
-                    ss.note(now, h, cls, size)
-                    ss.since += 1
-                    risk = ss.risk
-                    if (ss.since >= SCORE_EVERY or ss.count == min_requests
-                            or (risk is not None and risk >= hot_s)):
-                        ss.since = 0
-                        sess_feat = ss.measure(now, window, min_requests, min_span)
-                        ss.risk = weighted_risk(sess_feat, s_w) if sess_feat is not None else None
-                        changed = True
+                    sess_feat = _note(ss, now, h, cls, size, hot_s, s_w, window, min_requests,
+                                      min_span)
+                    changed = changed or ss.since == 0
                     sess_risk = ss.risk
                 if changed and client.ready is not None:
                     # re-arm with the new risk when it moved enough to matter (the verdict's
