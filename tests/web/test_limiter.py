@@ -208,6 +208,45 @@ async def test_async_pipeline_is_exact_and_fails_open(redis_server: RedisServer)
     await s.aclose()
 
 
+async def test_async_pipeline_times_out_on_a_hung_redis_and_recovers(
+        redis_server: RedisServer) -> None:
+    """A Redis that accepts but does not answer (the process stopped with SIGSTOP): every
+    waiting check passes within about its timeout (one shared timer, no per-call timer), and
+    when Redis answers again the connection carries on with no reply handed to the wrong
+    caller."""
+    import asyncio
+    import os
+    import signal
+
+    from garrison.store.redis import CircuitBreaker, RedisStore
+
+    s = RedisStore(redis_server.url, POLICY, timeout=0.2, lease_max=0,
+                   breaker=CircuitBreaker(failures=1000, cooldown=0.1))
+    first = await s.acheck(CheckRequest(now=T0, identities=("ip:h",)))
+    assert first.allowed and not first.degraded
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        hung = await asyncio.gather(*(s.acheck(CheckRequest(now=T0, identities=("ip:h",)))
+                                      for _ in range(30)))
+        waited = time.monotonic() - t0
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    assert all(r.allowed and r.degraded for r in hung)
+    assert waited < 2.0, f"calls waited {waited:.2f}s on a hung Redis (timeout 0.2s)"
+    # The 30 unanswered commands are answered late now and must be discarded, not handed
+    # to the next callers: 9 more checks of a fresh identity see exactly its own count.
+    deadline = time.monotonic() + 10
+    while (await s.acheck(CheckRequest(now=T0, identities=("ip:probe",)))).degraded:
+        assert time.monotonic() < deadline, "async store never recovered"
+        await asyncio.sleep(0.05)
+    fresh = [await s.acheck(CheckRequest(now=T0, identities=("ip:fresh",))) for _ in range(12)]
+    assert [r.allowed for r in fresh] == [True] * 10 + [False] * 2
+    assert not any(r.degraded for r in fresh)
+    await s.aclose()
+
+
 def test_session_moving_after_a_quiet_window_is_not_travel(store: LimitStore) -> None:
     wifi = Binding("s:m", "198.51.100.0/24", window=60.0)
     phone = Binding("s:m", "203.0.113.0/24", window=60.0)
