@@ -169,3 +169,49 @@ async def test_asgi_scoring_sees_the_status_and_every_body_byte_of_the_response(
     assert rec.volume == 3 * len(b"not found")
     features = rec.features(T0 + 2, 120.0, 3, 0.0)
     assert features is not None and features.errors == 1.0  # every 404 is a client error
+
+
+async def test_asgi_fast_and_full_paths_agree_for_any_scope_mapping() -> None:
+    """A plain dict scope is decided on the fast path, any other mapping (allowed by ASGI in
+    principle) on the full path; both see the same limit, verdict and scoring."""
+    from collections import UserDict
+
+    from garrison.web.asgi import GarrisonMiddleware, Message
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    results: dict[str, list[int]] = {}
+    for kind in ("dict", "mapping"):
+        statuses: list[int] = []
+        states: list[object] = []
+
+        async def send(message: Message, statuses: list[int] = statuses) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))
+
+        clock = [T0]
+        mw = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                                clock=lambda clock=clock: clock[0], rate=1.0, burst=5.0)
+        for i in range(12):
+            clock[0] = T0 + i * 0.01  # 100 requests/s against a limit of 1/s, burst 5
+            raw = {"type": "http", "method": "GET", "path": "/", "client": ("127.0.0.1", 1),
+                   "headers": [(b"x-forwarded-for", b"198.51.100.40")]}
+            scope = raw if kind == "dict" else UserDict(raw)
+            await mw(scope, receive, send)  # type: ignore[arg-type]
+            state = scope.get("state")
+            states.append(state.get("garrison") if isinstance(state, dict) else None)
+        mw.engine.drain()
+        results[kind] = statuses
+        allowed = [s for s, st in zip(statuses, states, strict=True) if s == 200]
+        assert all(st is not None for s, st in zip(statuses, states, strict=True) if s == 200)
+        client = mw.engine.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.40"})
+        mw.engine.bind(client, T0)
+        assert client.irec is not None and client.irec.count == len(allowed)
+    assert results["dict"] == results["mapping"]
+    assert results["dict"][:5] == [200] * 5 and 429 in results["dict"]

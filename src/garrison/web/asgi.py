@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from garrison.store.base import CheckRequest
-from garrison.web.engine import Decision, WebEngine
+from garrison.web.engine import Client, Decision, WebEngine
 from garrison.web.options import WebOptions
 from garrison.web.sqlfw import load_inspector, scan, wants_body
 
@@ -41,16 +41,22 @@ async def _answer(send: Send, status: int, headers: list[tuple[str, str]], body:
 
 
 class _Watch:
-    """The server's ``send``, watched for the response's status and body size (for scoring).
+    """The server's ``send``, watched for the response's status and body size, and the
+    request's account for scoring (its client, path and time), settled by :meth:`done`.
 
     A plain callable that returns the server's own awaitable: no coroutine of its own per
     message, which a wrapper written as ``async def`` would cost on every ``send``.
     """
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, engine: WebEngine, client: Client, path: str,
+                 now: float) -> None:
         self.send = send
         self.status = 500
         self.size = 0
+        self.engine = engine
+        self.client = client
+        self.path = path
+        self.now = now
 
     def __call__(self, message: Message) -> Awaitable[None]:
         kind = message["type"]
@@ -59,6 +65,14 @@ class _Watch:
         elif kind == "http.response.start":
             self.status = int(message["status"])
         return self.send(message)
+
+    def done(self) -> None:
+        """The app has returned: queue the request for scoring (it never breaks a response
+        that already went out)."""
+        try:
+            self.engine.after(self.client, self.path, self.status, self.size, self.now)
+        except Exception:
+            log.exception("scoring failed")
 
 
 class GarrisonMiddleware:
@@ -90,6 +104,79 @@ class GarrisonMiddleware:
         return self.engine.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Kept small on purpose: a compiled coroutine carries every local of its function, so
+        # the common case (a returning client, admitted from local memory) is decided by the
+        # plain method _admit and this frame holds only what the await needs.
+        try:
+            watch = self._admit(scope, send) if isinstance(scope, dict) else None
+        except Exception as exc:  # a protection layer's own bug must not take the app down
+            self.engine.internal_error(exc)
+            await self.app(scope, receive, send)
+            return
+        if watch is None:
+            await self._full(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            watch.done()
+
+    def _admit(self, scope: dict[str, Any], send: Send) -> _Watch | None:
+        """The watched ``send`` for a request admitted on the fast path (the verdict already in
+        ``scope["state"]``), or None: anything else (not HTTP, the metrics or an exempt path,
+        a client that is not armed, threads, the SQL firewall) takes :meth:`_full`."""
+        if scope["type"] != "http" or self._inspect is not None:
+            return None
+        eng = self.engine
+        if eng.threaded:
+            return None  # the fast path then needs the lock: precheck in _full takes it
+        path = scope.get("path") or "/"
+        if path == self._metrics_path or (self._exempt and path.startswith(self._exempt)):
+            return None
+        client = self._client(scope)
+        now = eng.clock()
+        if _get_ident() != self._owner:
+            eng.threaded = True  # served from more than one thread: lock the fast path
+            return None
+        decision = eng.fast(client, now)
+        if decision is None:
+            return None
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["garrison"] = decision.verdict
+        return _Watch(send, eng, client, path, now)
+
+    def _client(self, scope: MutableMapping[str, Any]) -> Client:
+        """The client of a request: one pass over the header list and one cache lookup."""
+        peer = scope.get("client")
+        host = peer[0] if peer else None
+        few = self._few
+        key: tuple[bytes | str | None, ...]
+        if few <= 3:
+            n0, n1, n2 = self._n0, self._n1, self._n2
+            v0: bytes | None = None
+            v1: bytes | None = None
+            v2: bytes | None = None
+            for name, value in scope.get("headers") or ():
+                if name == n0:
+                    v0 = value  # the last of repeated headers wins, as in a dict
+                elif name == n1:
+                    v1 = value
+                elif name == n2:
+                    v2 = value
+            key = ((host, v0, v1) if few == 2 else (host, v0) if few == 1
+                   else (host,) if few == 0 else (host, v0, v1, v2))
+        else:
+            headers: dict[bytes, bytes] = dict(scope.get("headers") or ())
+            key = (host, *map(headers.get, self._names))
+        client = self._clients.get(key)
+        if client is None:
+            client = self.engine.identify_raw(key)
+        return client
+
+    async def _full(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every request :meth:`_admit` did not take: the full check before the app."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -103,41 +190,23 @@ class GarrisonMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            peer = scope.get("client")
-            host = peer[0] if peer else None
-            few = self._few
-            key: tuple[bytes | str | None, ...]
-            if few <= 3:
-                n0, n1, n2 = self._n0, self._n1, self._n2
-                v0: bytes | None = None
-                v1: bytes | None = None
-                v2: bytes | None = None
-                for name, value in scope.get("headers") or ():
-                    if name == n0:
-                        v0 = value  # the last of repeated headers wins, as in a dict
-                    elif name == n1:
-                        v1 = value
-                    elif name == n2:
-                        v2 = value
-                key = ((host, v0, v1) if few == 2 else (host, v0) if few == 1
-                       else (host,) if few == 0 else (host, v0, v1, v2))
-            else:
-                headers: dict[bytes, bytes] = dict(scope.get("headers") or ())
-                key = (host, *map(headers.get, self._names))
-            client = self._clients.get(key)
-            if client is None:
-                client = eng.identify_raw(key)
+            client = self._client(scope)
             now = eng.clock()
             if _get_ident() != self._owner:
                 eng.threaded = True  # served from more than one thread: lock the fast path
-            threaded = eng.threaded
-            decision = None if threaded else eng.fast(client, now)
-            if decision is None:  # the full check (precheck tries fast itself, under the lock)
-                pre = eng.precheck(client, now) if threaded else eng.check(client, now)
-                if isinstance(pre, CheckRequest):
-                    decision = eng.decide(client, await eng.store.acheck(pre), now)
-                else:
-                    decision = pre
+            # the full check; with threads precheck tries the fast path under the lock (one
+            # thread, _admit has tried it, unless the SQL firewall sent the request here)
+            if eng.threaded:
+                pre = eng.precheck(client, now)
+            elif self._inspect is not None:
+                fast = eng.fast(client, now)
+                pre = fast if fast is not None else eng.check(client, now)
+            else:
+                pre = eng.check(client, now)
+            if isinstance(pre, CheckRequest):
+                decision = eng.decide(client, await eng.store.acheck(pre), now)
+            else:
+                decision = pre
         except Exception as exc:  # a protection layer's own bug must not take the app down
             eng.internal_error(exc)
             await self.app(scope, receive, send)
@@ -155,14 +224,11 @@ class GarrisonMiddleware:
         if state is None:
             state = scope["state"] = {}
         state["garrison"] = decision.verdict
-        watch = _Watch(send)
+        watch = _Watch(send, eng, client, path, now)
         try:
             await self.app(scope, receive, watch)
         finally:
-            try:
-                eng.after(client, path, watch.status, watch.size, now)
-            except Exception:  # scoring must never break a response that already went out
-                log.exception("scoring failed")
+            watch.done()
 
     async def _sql(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
                    client: Any, now: float) -> tuple[Decision | None, Receive]:
