@@ -47,23 +47,25 @@ class Record(History):
     def reset(self, trust: float) -> None:
         """Forget everything (the record expired); keeps the object so references stay valid."""
         self.clear()
+        # Compiled, fields are laid out in the order first assigned (the History ring first):
+        # scoring's counters next to the ring's, then what the fast path reads, together.
+        self.risk: float | None = None
+        self.since = 0
         self.tat = 0.0
         self.trust = trust
-        self.strikes = 0
-        self.wstart = 0.0
-        self.offences = 0
         self.ban_until = 0.0
-        self.reason = ""
-        self.expires = 0.0
+        self.ltok = 0.0
+        self.luntil = 0.0
         self.bgroup: str | None = None
         self.bagent = ""
         self.bexp = 0.0
+        self.expires = 0.0
+        self.offences = 0
         self.bseen = 0.0
-        self.ltok = 0.0
-        self.luntil = 0.0
+        self.strikes = 0
+        self.wstart = 0.0
+        self.reason = ""
         self.lseq = 0
-        self.risk: float | None = None
-        self.since = 0
         self.reported = -1e18
 
 

@@ -56,14 +56,15 @@ RPM_FULL: Final = 150.0
 VOLUME_FULL: Final = 50 * 1024 * 1024
 """Bytes per window that count as full volume risk."""
 
-WIDTH: Final = 3
-"""Doubles per request in the ring: timestamp, bytes, and the squared gap to the request
-before (seconds squared), interleaved, so recording a request touches one span of the ring.
-The status class (0: < 400, 1: 4xx, 2: 5xx) of each request is kept in a ``bytearray`` and its
-path (an interned hash, see :func:`path_hash`) in a list, so that errors are counted with
-``bytearray.count`` and paths with the C counter behind ``collections.Counter``, with no
-object made per element; bytes and squared gaps are also kept as running sums."""
-_SIZE, _GAP2 = 1, 2
+WIDTH: Final = 5
+"""Doubles per request in the ring: timestamp, bytes, the squared gap to the request before
+(seconds squared), the status class (0: < 400, 1: 4xx, 2: 5xx) and the path's hash (see
+:func:`path_hash`; 32 bits, exact in a double), interleaved, so recording a request touches one
+span of one buffer (with many keys, the cache misses are the cost, not the arithmetic). Errors
+and paths are counted from strided slices in C (``array.count`` and the counter behind
+``collections.Counter``), with no object made per element; bytes and squared gaps are also kept
+as running sums."""
+_SIZE, _GAP2, _CLS, _PATH = 1, 2, 3, 4
 _ZEROS: Final = bytes(8 * WIDTH * HISTORY)
 _NO_RING: Final = array("d")  # shared and empty: a key that never had a request
 _PLOGP: Final = tuple(
@@ -142,11 +143,10 @@ def status_class(status: int) -> int:
 
 
 class History:
-    """The last :data:`HISTORY` requests of one key (see :data:`WIDTH`). About 1.2 KB,
-    allocated with the first request, plus the path hashes it shares with other keys."""
+    """The last :data:`HISTORY` requests of one key (see :data:`WIDTH`). About 1.3 KB,
+    allocated with the first request."""
 
-    __slots__ = ("_bucket", "_classes", "_cur", "_paths", "_prev", "_ring", "count", "idx",
-                 "last", "s2", "volume")
+    __slots__ = ("_bucket", "_cur", "_prev", "_ring", "count", "idx", "last", "s2", "volume")
 
     def __init__(self) -> None:
         self.clear()
@@ -155,8 +155,6 @@ class History:
         """Forget every request. The ring is allocated by the first :meth:`add`, so an
         identity that is never scored (an API key, a limiter-only record) costs no ring."""
         self._ring = _NO_RING
-        self._classes = bytearray()
-        self._paths: list[int] = []
         self.idx = 0
         self.count = 0
         self.last = 0.0
@@ -187,15 +185,13 @@ class History:
             self.s2 += g2
         else:
             ring = self._ring = array("d", _ZEROS)
-            self._classes = bytearray(HISTORY)
-            self._paths = [0] * HISTORY
             g2 = 0.0
             self.volume = size
         ring[r] = ts
         ring[r + 1] = size
         ring[r + 2] = g2
-        self._classes[i] = cls
-        self._paths[i] = path
+        ring[r + 3] = cls
+        ring[r + 4] = path
         self.last = ts
         self.count += 1
         if i < HISTORY - 1:
@@ -247,12 +243,13 @@ class History:
             # rarely span two minutes): counts in C and the running sums, with no pass in
             # Python; the squared gaps leave out the oldest request's (its predecessor is
             # gone). Unused slots of a ring not yet full count as class 0.
-            classes = self._classes
-            client_errors = classes.count(1)
-            counts: dict[int, int] = {}
-            _count_elements(counts, self._paths if n == HISTORY else self._paths[:n])
+            end = WIDTH * n
+            classes = ring[_CLS:end:WIDTH]
+            client_errors = classes.count(1.0)
+            counts: dict[float, int] = {}
+            _count_elements(counts, ring[_PATH:end:WIDTH])
             return self._features(now, min_requests, min_span, n,
-                                  client_errors + classes.count(2), client_errors,
+                                  client_errors + classes.count(2.0), client_errors,
                                   self.volume, counts, first, newest, newest - first,
                                   self.s2 - ring[lo + _GAP2])
         total = errors = client_errors = 0
@@ -260,8 +257,6 @@ class History:
         counts = {}
         first = prev = -1.0
         s1 = s2 = 0.0
-        classes = self._classes
-        paths = self._paths
         for j in range(self.idx - n, self.idx):  # oldest to newest, one pass
             k = j % HISTORY
             i = WIDTH * k
@@ -269,13 +264,13 @@ class History:
             if t < cutoff:
                 continue
             total += 1
-            cls = classes[k]
+            cls = ring[i + _CLS]
             if cls:
                 errors += 1
-                if cls == 1:
+                if cls == 1.0:
                     client_errors += 1
             volume += ring[i + _SIZE]
-            p = paths[k]
+            p = ring[i + _PATH]
             counts[p] = counts.get(p, 0) + 1
             if prev >= 0:
                 gap = t - prev
@@ -288,7 +283,7 @@ class History:
                               counts, first, prev, s1, s2)
 
     def _features(self, now: float, min_requests: int, min_span: float, total: int,
-                  errors: int, client_errors: int, volume: float, counts: dict[int, int],
+                  errors: int, client_errors: int, volume: float, counts: dict[float, int],
                   first: float, prev: float, s1: float, s2: float) -> Measure | None:
         """Features from the window's counts and sums (``s1``/``s2``: sum of the gaps and of
         their squares, seconds)."""

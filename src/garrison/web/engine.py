@@ -112,25 +112,27 @@ class Client:
     def __init__(self, ip: str | None, key: str | None, travel: str | None,
                  session: str | None, api_key: str | None, agent: str, allowlisted: bool,
                  identities: tuple[str, ...]) -> None:
-        self.ip = ip
-        self.key = key
-        self.travel = travel
-        self.session = session
-        self.api_key = api_key
-        self.agent = agent
-        self.allowlisted = allowlisted
-        self.identities = identities
-        self.recs: tuple[_records.Record, ...] = ()
-        self.r0: _records.Record | None = None
-        self.r1: _records.Record | None = None
-        self.irec: _records.Record | None = None
-        self.srec: _records.Record | None = None
-        self.sbind: _records.Record | None = None
-        self.gen = -1
-        self.binding: Binding | None = None  # what the store checks the session against
+        # What fast() reads comes first: compiled, the fields are laid out in this order, so
+        # an armed request touches one or two cache lines of its client, not three.
         self.ready: Decision | None = None
         self.until = 0.0
+        self.gen = -1
+        self.r0: _records.Record | None = None
+        self.r1: _records.Record | None = None
+        self.sbind: _records.Record | None = None
+        self.travel = travel
+        self.agent = agent
         self.fast = 0
+        self.recs: tuple[_records.Record, ...] = ()
+        self.irec: _records.Record | None = None
+        self.srec: _records.Record | None = None
+        self.ip = ip
+        self.key = key
+        self.session = session
+        self.api_key = api_key
+        self.allowlisted = allowlisted
+        self.identities = identities
+        self.binding: Binding | None = None  # what the store checks the session against
 
 
 class Decision(NamedTuple):
