@@ -188,12 +188,16 @@ def test_impossible_travel_is_caught_while_another_worker_holds_the_lease(make: 
     r = ask(b, now, "ip:away", "s:t", binding=away)  # b has no lease: Redis sees the travel
     assert not r.allowed and r.reason == TRAVEL and r.event == EV_TRAVEL
     assert r.bound_group == home.group
-    # a refuses the session once its lease (a quarter of the window, max 5 s) has expired
+    # a refuses the session once its binding's confirmation (a quarter of the window, at
+    # most the 5 s lease TTL) has expired
     assert ask(a, now + 5.0, "ip:home", "s:t", binding=home).reason == TRAVEL
 
 
-def test_default_leases_live_a_quarter_of_the_default_travel_window(
+def test_default_bindings_are_confirmed_for_a_quarter_of_the_travel_window_leases_a_minute(
         redis_server: RedisServer) -> None:
+    """A session's binding is confirmed to the worker for a quarter of the default travel
+    window (Redis hears of an active session at least every 15 s); an identity with no binding
+    spends its lease for up to the default minute."""
     s = RedisStore(redis_server.url, POLICY, namespace="lease-default", timeout=1.0)
     try:
         home = Binding("s:d", "198.51.100.0/24", window=60.0)  # the web default travel_window
@@ -201,18 +205,27 @@ def test_default_leases_live_a_quarter_of_the_default_travel_window(
         assert ask(s, T0 + 14.9, "ip:d", "s:d", binding=home).allowed
         assert s.round_trips == 1  # answered from the lease
         assert ask(s, T0 + 15.0, "ip:d", "s:d", binding=home).allowed
-        assert s.round_trips == 2  # expired: Redis again
+        assert s.round_trips == 2  # the binding's confirmation expired: Redis again
+        assert ask(s, T0, "ip:alone").allowed
+        for t in (15.0, 30.0, 45.0, 59.9):  # a slow client: one request every 15 s
+            assert ask(s, T0 + t, "ip:alone").allowed
+        assert s.round_trips == 3  # all four from its lease
+        assert ask(s, T0 + 60.0, "ip:alone").allowed
+        assert s.round_trips == 4  # and not one moment longer
     finally:
         s.close()
 
 
-def test_lease_ttl_is_at_most_a_quarter_of_the_travel_window(make: Make) -> None:
+def test_binding_confirmation_is_at_most_a_quarter_of_the_travel_window(make: Make) -> None:
     s = make()
-    short = Binding("s:w", "198.51.100.0/24", window=8.0)  # leases live 2 s, not 5 s
+    short = Binding("s:w", "198.51.100.0/24", window=8.0)  # confirmed 2 s, not 5 s
     assert ask(s, T0, "ip:w", "s:w", binding=short).allowed
     assert ask(s, T0 + 1.99, "ip:w", "s:w", binding=short).allowed
     assert s.round_trips == 1
     assert ask(s, T0 + 2.0, "ip:w", "s:w", binding=short).allowed
+    assert s.round_trips == 2
+    # the IP's tokens are leased for the whole lease TTL (5 s here), binding or not
+    assert ask(s, T0 + 4.9, "ip:w").allowed
     assert s.round_trips == 2
 
 

@@ -8,10 +8,12 @@ Most requests need no round trip: they are answered from *leases*. When Redis al
 it also reserves up to ``lease_max`` more requests for each identity (advancing its GCRA TAT as
 if they had been made, a quarter of what the identity has left, none when under 2, so a client
 near its limit is checked exactly in Redis every time) and grants them to the asking worker for
-``lease_ttl`` seconds (at most a quarter of the session's travel window). While every identity
-of a request holds enough leased tokens and the session's binding was confirmed for the same
-group and agent, the worker answers alone. Times are the requests' own (``CheckRequest.now``);
-workers sharing a namespace should share a clock and the same ``lease_ttl``.
+``lease_ttl`` seconds. A round trip with a session also confirms the session's binding (its
+group and agent) to the worker, for a quarter of the session's travel window at most. While
+every identity of a request holds enough leased tokens and the session's binding is confirmed
+for the same group and agent, the worker answers alone. Times are the requests' own
+(``CheckRequest.now``); workers sharing a namespace should share a clock and the same
+``lease_ttl``.
 
 Safety: leased tokens are counted in Redis when granted, and unused ones simply expire, never
 given back, so the limit across workers can only be stricter, never looser: a client spread
@@ -23,15 +25,17 @@ a bucket that refilled meanwhile (no burst above ``burst``), while spent tokens 
 flight for the request's identities, so a burst of concurrent requests is checked exactly
 instead of being leased tokens that only later requests could spend.
 
-The price is staleness: a ban or escalation decided in another worker (or Redis's view of a
-session's last request) reaches this worker within one lease TTL, and after at most
-``lease_max`` of the identity's requests, whichever comes first: a busy client spends its lease
-in moments and is checked in Redis again, a slow one makes few requests in a TTL. The default
-TTL, 15 s (a quarter of the default travel window), keeps the round trips for a crowd of slow
-clients (10,000 clients at 0.4 requests/s each) near one request in eight; 5 s needs one in
-three. A ban this worker writes or
-is told about drops the identity's lease at once; bans are not answered locally (the web engine
-keeps its own), so with Redis down every request passes.
+The price is staleness: a ban or escalation decided in another worker reaches this worker
+after at most ``lease_max`` of the identity's requests or one lease TTL, whichever comes first
+(a busy client spends its lease in moments and is checked in Redis again, a slow one makes few
+requests in a TTL); for a session, within a quarter of its travel window at most, which also
+bounds how stale Redis's view of the session's last request can be, so impossible travel is
+still seen across workers. The binding's bound is why it is separate: tying every lease to it
+(as before) made a crowd of slow clients ask Redis about one request in four (10,000 clients at
+0.25 requests/s each, 15 s leases); with IP leases of a minute, spent by count rather than by
+time, it is about one in seven. A ban this worker writes or is told about drops the identity's
+lease at once; bans are not answered locally (the web engine keeps its own), so with Redis down
+every request passes.
 
 Failure is expected: every call is bounded by ``timeout`` seconds; on an error or timeout the
 request passes (fail open; leases held are still spent), a :class:`CircuitBreaker` stops waiting
@@ -58,6 +62,7 @@ from typing import Any, Final
 from garrison.store.base import (
     OPEN,
     THROTTLE,
+    Binding,
     CheckRequest,
     CheckResult,
     LimitPolicy,
@@ -606,8 +611,9 @@ _EPS: Final = 1e-9  # float slack when comparing token counts (requests)
 class RedisStore(LimitStore):
     """Rate limits, bans and bindings in Redis, with local leases; see the module docstring.
 
-    ``lease_ttl`` (seconds) is the longest a lease lives (a quarter of the travel window when
-    that is shorter); ``lease_max`` (requests) the most one round trip leases per identity, 0 to
+    ``lease_ttl`` (seconds) is the longest a lease lives (a session's binding is confirmed for a
+    quarter of its travel window when that is shorter); ``lease_max`` (requests) the most one
+    round trip leases per identity, 0 to
     ask Redis on every request; ``max_local`` (records) caps the local state (see
     :class:`~garrison.store.records.RecordTable`). ``local_answers`` and ``round_trips``
     count requests answered each way.
@@ -615,7 +621,7 @@ class RedisStore(LimitStore):
 
     def __init__(self, url: str, policy: LimitPolicy | None = None, *, timeout: float = 0.05,
                  namespace: str = "garrison", breaker: CircuitBreaker | None = None,
-                 lease_ttl: float = 15.0, lease_max: int = 8, max_local: int = 100_000) -> None:
+                 lease_ttl: float = 60.0, lease_max: int = 8, max_local: int = 100_000) -> None:
         try:
             import redis
             import redis.asyncio
@@ -707,10 +713,10 @@ class RedisStore(LimitStore):
                     self.dropped_bans += 1
                 self._pending.append(ban)
 
-    def _ttl(self, req: CheckRequest) -> float:
-        """Seconds a lease granted to ``req`` lives: a quarter of the travel window at most."""
-        b = req.binding
-        return self.lease_ttl if b is None else min(self.lease_ttl, b.window / 4)
+    def _bind_ttl(self, b: Binding) -> float:
+        """Seconds a round trip confirms session binding ``b`` to this worker: a quarter of the
+        travel window at most, so Redis hears of an active session at least that often."""
+        return min(self.lease_ttl, b.window / 4)
 
     def _args(self, req: CheckRequest, bans: tuple[Any, ...], lease: bool = False,
               held: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -718,7 +724,7 @@ class RedisStore(LimitStore):
         worker still holds of each one's lease (zeros when none)."""
         keys = [self._key(b.identity) for b in bans] + [self._key(i) for i in req.identities]
         argv = [repr(float(req.now)), *self._policy_args, repr(float(req.cost)),
-                str(self.lease_max) if lease else "0", repr(self._ttl(req)), self._wid,
+                str(self.lease_max) if lease else "0", repr(self.lease_ttl), self._wid,
                 str(len(bans)), str(len(req.identities))]
         b = req.binding
         if b is None:
@@ -831,7 +837,7 @@ class RedisStore(LimitStore):
                 rec.ltok = 0.0
         b = req.binding
         if result.allowed:
-            until = now + self._ttl(req)  # Redis counts the tokens at least this long
+            until = now + self.lease_ttl  # Redis counts the tokens at least this long
             for ident, grant, trust, seq in zip(req.identities, grants, trusts, seqs,
                                                 strict=False):
                 rec = table.get(ident, now)
@@ -848,9 +854,10 @@ class RedisStore(LimitStore):
                 rec.trust = trust
             if b is not None:
                 sr = table.get(b.session, now)
-                sr.bgroup, sr.bagent, sr.bexp = b.group, b.agent, until
-                if sr.expires < until:
-                    sr.expires = until
+                confirmed = now + self._bind_ttl(b)
+                sr.bgroup, sr.bagent, sr.bexp = b.group, b.agent, confirmed
+                if sr.expires < confirmed:
+                    sr.expires = confirmed
             return result
         if result.reason == THROTTLE:
             if result.event is None and not bans:
