@@ -48,6 +48,7 @@ def make(redis_server: RedisServer) -> Iterator[Make]:
     def new(**kw: Any) -> RedisStore:
         kw.setdefault("timeout", 1.0)
         kw.setdefault("lease_ttl", 5.0)  # the timelines below are written for 5 s leases
+        kw.setdefault("lease_max", 8)  # of 8 requests
         s = RedisStore(redis_server.url, kw.pop("policy", POLICY), namespace="lease", **kw)
         made.append(s)
         return s
@@ -212,6 +213,21 @@ def test_default_bindings_are_confirmed_for_a_quarter_of_the_travel_window_lease
         assert s.round_trips == 3  # all four from its lease
         assert ask(s, T0 + 60.0, "ip:alone").allowed
         assert s.round_trips == 4  # and not one moment longer
+    finally:
+        s.close()
+
+
+def test_default_lease_is_a_quarter_of_a_full_default_bucket(redis_server: RedisServer) -> None:
+    """With the default policy (burst 50) a fresh client is leased 12 requests: the quarter
+    rule's grant for a full bucket, and the default cap."""
+    s = RedisStore(redis_server.url, namespace="lease-max", timeout=1.0)
+    try:
+        assert ask(s, T0, "ip:m").allowed
+        for _ in range(12):
+            assert ask(s, T0, "ip:m").allowed
+        assert (s.round_trips, s.local_answers) == (1, 12)
+        assert ask(s, T0, "ip:m").allowed
+        assert s.round_trips == 2
     finally:
         s.close()
 
