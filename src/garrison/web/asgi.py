@@ -106,9 +106,9 @@ class GarrisonMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Kept small on purpose: a compiled coroutine carries every local of its function, so
         # the common case (a returning client, admitted from local memory) is decided by the
-        # plain method _admit and this frame holds only what the await needs.
+        # plain method _fast_path and this frame holds only what the await needs.
         try:
-            watch = self._admit(scope, send) if isinstance(scope, dict) else None
+            watch = self._fast_path(scope, send) if isinstance(scope, dict) else None
         except Exception as exc:  # a protection layer's own bug must not take the app down
             self.engine.internal_error(exc)
             await self.app(scope, receive, send)
@@ -121,7 +121,7 @@ class GarrisonMiddleware:
         finally:
             watch.done()
 
-    def _admit(self, scope: dict[str, Any], send: Send) -> _Watch | None:
+    def _fast_path(self, scope: dict[str, Any], send: Send) -> _Watch | None:
         """The watched ``send`` for a request admitted on the fast path (the verdict already in
         ``scope["state"]``), or None: anything else (not HTTP, the metrics or an exempt path,
         a client that is not armed, threads, the SQL firewall) takes :meth:`_full`."""
@@ -176,7 +176,7 @@ class GarrisonMiddleware:
         return client
 
     async def _full(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every request :meth:`_admit` did not take: the full check before the app."""
+        """Every request :meth:`_fast_path` did not take: the full check before the app."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -194,15 +194,7 @@ class GarrisonMiddleware:
             now = eng.clock()
             if _get_ident() != self._owner:
                 eng.threaded = True  # served from more than one thread: lock the fast path
-            # the full check; with threads precheck tries the fast path under the lock (one
-            # thread, _admit has tried it, unless the SQL firewall sent the request here)
-            if eng.threaded:
-                pre = eng.precheck(client, now)
-            elif self._inspect is not None:
-                fast = eng.fast(client, now)
-                pre = fast if fast is not None else eng.check(client, now)
-            else:
-                pre = eng.check(client, now)
+            pre = eng.precheck(client, now)  # fast() again first: it declines at once
             if isinstance(pre, CheckRequest):
                 decision = eng.decide(client, await eng.store.acheck(pre), now)
             else:
