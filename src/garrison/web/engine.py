@@ -503,6 +503,7 @@ class WebEngine:
     def check(self, client: Client, now: float) -> Decision | CheckRequest:
         """The full check of a request: a decision from local memory (allowlist, a ban this
         process knows, the memory store), else the :class:`CheckRequest` for the store."""
+        self.metrics.full_checks += 1
         if client.allowlisted:
             client.ready, client.until = PASS, _INF
             return PASS

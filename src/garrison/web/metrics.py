@@ -24,6 +24,7 @@ class WebMetrics:
         self.scoring_seconds = 0.0
         self.scored = 0
         self.store_failures = 0
+        self.full_checks = 0
         self.internal_errors = 0
         self.dropped = 0
         self.gauges: dict[str, Callable[[], int]] = {}
@@ -59,6 +60,10 @@ class WebMetrics:
             "# TYPE garrison_web_scoring_seconds summary",
             f"garrison_web_scoring_seconds_sum {total:.9f}",
             f"garrison_web_scoring_seconds_count {count}",
+            "# HELP garrison_web_full_checks_total Requests checked in full (not answered from"
+            " the client's prepared decision): first visits, refreshes, limits, bans.",
+            "# TYPE garrison_web_full_checks_total counter",
+            f"garrison_web_full_checks_total {self.full_checks}",
             "# HELP garrison_web_store_failures_total Store calls that failed open.",
             "# TYPE garrison_web_store_failures_total counter",
             f"garrison_web_store_failures_total {self.store_failures}",
