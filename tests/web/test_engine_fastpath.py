@@ -215,3 +215,64 @@ async def test_asgi_fast_and_full_paths_agree_for_any_scope_mapping() -> None:
         assert client.irec is not None and client.irec.count == len(allowed)
     assert results["dict"] == results["mapping"]
     assert results["dict"][:5] == [200] * 5 and 429 in results["dict"]
+
+
+async def test_asgi_reads_every_header_and_message_shape_the_spec_allows_alike() -> None:
+    """The compiled request path reads ``(bytes, bytes)`` header tuples and dict messages with
+    direct calls; header pairs as lists, a header tuple instead of a list, and messages that are
+    other mappings take the generic steps and must come to the same client, the same limit and
+    the same scoring (status and body bytes)."""
+    from collections import UserDict
+
+    from garrison.web.asgi import GarrisonMiddleware, Message
+
+    shapes = ("tuples", "lists", "tuple-of-tuples", "mapping-messages")
+
+    def app_for(shape: str) -> object:
+        async def app(scope: object, receive: object, send: object) -> None:
+            start: Message = {"type": "http.response.start", "status": 404, "headers": []}
+            body: Message = {"type": "http.response.body", "body": b"missing"}
+            if shape == "mapping-messages":
+                start, body = UserDict(start), UserDict(body)
+            await send(start)  # type: ignore[operator]
+            await send(body)  # type: ignore[operator]
+        return app
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    seen: dict[str, tuple[list[int], int, int, int, int]] = {}
+    for shape in shapes:
+        statuses: list[int] = []
+
+        async def send(message: Message, statuses: list[int] = statuses) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))
+
+        clock = [T0]
+        mw = GarrisonMiddleware(app_for(shape), bus=EventBus(),  # type: ignore[arg-type]
+                                trusted_proxies=["127.0.0.1"],
+                                clock=lambda clock=clock: clock[0], rate=1.0, burst=5.0)
+        for i in range(8):
+            clock[0] = T0 + i * 0.01
+            pairs = [(b"host", b"example.test"), (b"x-forwarded-for", b"198.51.100.41"),
+                     (b"cookie", b"session=abc")]
+            headers: object = (
+                [list(p) for p in pairs] if shape == "lists"
+                else tuple(pairs) if shape == "tuple-of-tuples" else pairs)
+            scope = {"type": "http", "method": "GET", "path": "/x", "client": ("127.0.0.1", 1),
+                     "headers": headers}
+            await mw(scope, receive, send)  # type: ignore[arg-type]
+        mw.engine.drain()
+        client = mw.engine.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.41",
+                                                  "cookie": "session=abc"})
+        mw.engine.bind(client, T0)
+        assert client.irec is not None and client.srec is not None
+        assert client.ip == "198.51.100.41"  # the forwarded address, not the proxy's
+        seen[shape] = (statuses, client.irec.count, int(client.irec.volume),
+                       int(client.srec.count), mw.metrics.full_checks)
+    assert len(set(map(repr, seen.values()))) == 1, seen
+    statuses, count, volume, _, full = seen["tuples"]
+    assert statuses[:5] == [404] * 5 and 429 in statuses  # the app's answer, then the limit
+    assert count == 5 and volume == 5 * len(b"missing")  # every answered request scored
+    assert 1 <= full < len(statuses)  # the first visit is checked in full, armed ones are not

@@ -59,11 +59,14 @@ class _Watch:
         self.now = now
 
     def __call__(self, message: Message) -> Awaitable[None]:
-        kind = message["type"]
+        # A dict, as apps send them, is read with direct calls when compiled; anything else
+        # the spec allows is copied first.
+        m: dict[str, Any] = message if isinstance(message, dict) else dict(message)
+        kind = m["type"]
         if kind == "http.response.body":
-            self.size += len(message.get("body", b""))
+            self.size += len(m.get("body", b""))
         elif kind == "http.response.start":
-            self.status = int(message["status"])
+            self.status = int(m["status"])
         return self.send(message)
 
     def done(self) -> None:
@@ -95,7 +98,8 @@ class GarrisonMiddleware:
         self._few = len(self._names)
         self._clients = self.engine.raw_clients
         # Per-request settings read once here, not per request.
-        self._metrics_path = self.options.metrics_path
+        # "" for none: a request's path is never empty here (it is "/" at least).
+        self._metrics_path: str = self.options.metrics_path or ""
         self._exempt = self.engine.exempt
         self._owner = threading.get_ident()
 
@@ -130,7 +134,9 @@ class GarrisonMiddleware:
         eng = self.engine
         if eng.threaded:
             return None  # the fast path then needs the lock: precheck in _full takes it
-        path = scope.get("path") or "/"
+        path = scope.get("path")
+        if not isinstance(path, str) or not path:
+            path = "/"
         if path == self._metrics_path or (self._exempt and path.startswith(self._exempt)):
             return None
         client = self._client(scope)
@@ -142,15 +148,26 @@ class GarrisonMiddleware:
         if decision is None:
             return None
         state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        state["garrison"] = decision.verdict
+        if isinstance(state, dict):
+            state["garrison"] = decision.verdict
+        elif state is None:
+            scope["state"] = {"garrison": decision.verdict}
+        else:
+            state["garrison"] = decision.verdict  # some other mapping a server gave
         return _Watch(send, eng, client, path, now)
 
-    def _client(self, scope: MutableMapping[str, Any]) -> Client:
-        """The client of a request: one pass over the header list and one cache lookup."""
+    def _client(self, scope: dict[str, Any]) -> Client:
+        """The client of a request: one pass over the header list and one cache lookup.
+
+        Typed, so that compiled it reads the scope, the list and the header pairs with direct
+        C calls: a header list of ``(bytes, bytes)`` tuples, as servers build it, is picked
+        without a generic call per header. Anything else the ASGI spec allows (an iterable of
+        two-item sequences) takes the generic steps, with the same result."""
         peer = scope.get("client")
         host = peer[0] if peer else None
+        headers = scope.get("headers")
+        if not isinstance(headers, list):
+            headers = list(headers) if headers else []
         few = self._few
         key: tuple[bytes | str | None, ...]
         if few <= 3:
@@ -158,7 +175,14 @@ class GarrisonMiddleware:
             v0: bytes | None = None
             v1: bytes | None = None
             v2: bytes | None = None
-            for name, value in scope.get("headers") or ():
+            for pair in headers:
+                if isinstance(pair, tuple) and len(pair) == 2:
+                    name = pair[0]
+                    value = pair[1]
+                else:
+                    name, value = pair
+                if not isinstance(name, bytes):
+                    continue  # not a header name (ASGI's are bytes): as a dict would miss it
                 if name == n0:
                     v0 = value  # the last of repeated headers wins, as in a dict
                 elif name == n1:
@@ -168,8 +192,8 @@ class GarrisonMiddleware:
             key = ((host, v0, v1) if few == 2 else (host, v0) if few == 1
                    else (host,) if few == 0 else (host, v0, v1, v2))
         else:
-            headers: dict[bytes, bytes] = dict(scope.get("headers") or ())
-            key = (host, *map(headers.get, self._names))
+            found: dict[bytes, bytes] = dict(headers)
+            key = (host, *map(found.get, self._names))
         client = self._clients.get(key)
         if client is None:
             client = self.engine.identify_raw(key)
@@ -190,7 +214,7 @@ class GarrisonMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            client = self._client(scope)
+            client = self._client(scope if isinstance(scope, dict) else dict(scope))
             now = eng.clock()
             if _get_ident() != self._owner:
                 eng.threaded = True  # served from more than one thread: lock the fast path
