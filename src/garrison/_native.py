@@ -30,6 +30,7 @@ NATIVE: tuple[str, ...] = (
     "garrison.store.memory",
     "garrison.web.engine",
     "garrison.web.asgi",
+    "garrison.store.redis",  # a round trip's own Python: about 10 us less per call compiled
 )
 """The modules setup.py compiles (read from here, so the list is kept in one place)."""
 

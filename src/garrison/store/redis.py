@@ -470,7 +470,7 @@ class Pipeline:
                  username: str | None, timeout: float) -> None:
         import hiredis
 
-        self._hiredis = hiredis
+        self._hiredis: Any = hiredis
         self.host, self.port, self.db = host, port, db
         self.password, self.username = password, username
         self.timeout = timeout
