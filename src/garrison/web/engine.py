@@ -504,8 +504,8 @@ class WebEngine:
         """The full check of a request: a decision from local memory (allowlist, a ban this
         process knows, the memory store), else the :class:`CheckRequest` for the store."""
         self.metrics.full_checks += 1
-        if client.allowlisted:
-            client.ready, client.until = PASS, _INF
+        if client.allowlisted:  # armed for good (until a sweep moves the generation on)
+            client.ready, client.until, client.gen = PASS, _INF, self.records.gen
             return PASS
         if self._batch and self.threaded:
             self.drain()  # sync adapters: score what is queued first, so state is current
