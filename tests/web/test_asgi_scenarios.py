@@ -241,7 +241,7 @@ def test_allowlist_route_thresholds_and_metrics(site: Callable[..., Site]) -> No
     counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line.startswith(("garrison_web_requests_total ",
                                   "garrison_web_full_checks_total "))}
-    # 240 requests from two clients: each checked in full at first, then (allowlisted, or
+    # about 240 requests from two clients: each checked in full at first, then (allowlisted, or
     # armed between scorings) mostly answered from its prepared decision
     assert 2 <= counts["garrison_web_full_checks_total"] < counts["garrison_web_requests_total"] / 2
 

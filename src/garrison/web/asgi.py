@@ -40,6 +40,12 @@ async def _answer(send: Send, status: int, headers: list[tuple[str, str]], body:
     await send({"type": "http.response.body", "body": body})
 
 
+def _path(scope: Scope) -> str:
+    """The request's path, "/" when it is missing, empty or not text."""
+    path = scope.get("path")
+    return path if isinstance(path, str) and path else "/"
+
+
 class _Watch:
     """The server's ``send``, watched for the response's status and body size, and the
     request's account for scoring (its client, path and time), settled by :meth:`done`.
@@ -134,9 +140,7 @@ class GarrisonMiddleware:
         eng = self.engine
         if eng.threaded:
             return None  # the fast path then needs the lock: precheck in _full takes it
-        path = scope.get("path")
-        if not isinstance(path, str) or not path:
-            path = "/"
+        path = _path(scope)
         if path == self._metrics_path or (self._exempt and path.startswith(self._exempt)):
             return None
         client = self._client(scope)
@@ -148,12 +152,10 @@ class GarrisonMiddleware:
         if decision is None:
             return None
         state = scope.get("state")
-        if isinstance(state, dict):
-            state["garrison"] = decision.verdict
-        elif state is None:
+        if state is None:
             scope["state"] = {"garrison": decision.verdict}
         else:
-            state["garrison"] = decision.verdict  # some other mapping a server gave
+            state["garrison"] = decision.verdict
         return _Watch(send, eng, client, path, now)
 
     def _client(self, scope: dict[str, Any]) -> Client:
@@ -205,7 +207,7 @@ class GarrisonMiddleware:
             await self.app(scope, receive, send)
             return
         eng = self.engine
-        path: str = scope.get("path") or "/"
+        path = _path(scope)
         if path == self._metrics_path:
             body = eng.metrics.render().encode()
             await _answer(send, 200, [("content-type", "text/plain; version=0.0.4")], body)
