@@ -137,7 +137,8 @@ def starlette_app(**middleware: Any) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse
-    from starlette.routing import Route
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
 
     from garrison.web import GarrisonMiddleware
 
@@ -159,10 +160,17 @@ def starlette_app(**middleware: Any) -> Any:
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({"body": (await request.body()).decode()})
 
+    async def live(ws: WebSocket) -> None:
+        await ws.accept()
+        verdict = ws.scope.get("state", {}).get("garrison")
+        await ws.send_json({"trust": None if verdict is None else verdict.trust})
+        await ws.send_text("echo " + await ws.receive_text())
+        await ws.close()
+
     app = Starlette(routes=[
         Route("/page/{n}", page), Route("/static/{name}", static),
         Route("/api/status", status), Route("/login", login, methods=["POST"]),
-        Route("/echo", echo, methods=["POST"]),
+        Route("/echo", echo, methods=["POST"]), WebSocketRoute("/live", live),
     ])
     app.add_middleware(GarrisonMiddleware, **middleware)
     return app

@@ -276,3 +276,50 @@ async def test_asgi_reads_every_header_and_message_shape_the_spec_allows_alike()
     assert statuses[:5] == [404] * 5 and 429 in statuses  # the app's answer, then the limit
     assert count == 5 and volume == 5 * len(b"missing")  # every answered request scored
     assert 1 <= full < len(statuses)  # the first visit is checked in full, armed ones are not
+
+
+def test_asgi_owner_is_the_thread_that_serves_not_the_one_that_built_it() -> None:
+    """An app built in one thread and served from an event loop in another keeps the lock-free
+    fast path; a second serving thread turns the lock on for good, and both keep working."""
+    import threading
+
+    from garrison.web.asgi import GarrisonMiddleware, Message
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    clock = [T0]
+    mw = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                            clock=lambda: clock[0])
+
+    async def serve(n: int, statuses: list[int]) -> None:
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(message["status"]))
+
+        for i in range(n):
+            clock[0] += 1.3 + (i % 5) * 0.7  # an unhurried client
+            scope = {"type": "http", "method": "GET", "path": f"/p{i % 3}",
+                     "client": ("127.0.0.1", 1),
+                     "headers": [(b"x-forwarded-for", b"198.51.100.50")]}
+            await mw(scope, receive, send)  # type: ignore[arg-type]
+
+    def in_thread(n: int, statuses: list[int]) -> None:
+        t = threading.Thread(target=lambda: asyncio.run(serve(n, statuses)))
+        t.start()
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+    first: list[int] = []
+    in_thread(40, first)
+    assert first == [200] * 40
+    assert not mw.engine.threaded  # one serving thread: no lock on the fast path
+    assert mw.metrics.full_checks < 10  # armed after the first visit: the fast path answered
+    second: list[int] = []
+    asyncio.run(serve(5, second))  # the main thread (a worker's id may be reused once it ends)
+    assert second == [200] * 5
+    assert mw.engine.threaded  # a second serving thread: the fast path takes the lock now

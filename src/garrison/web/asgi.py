@@ -84,6 +84,44 @@ class _Watch:
             log.exception("scoring failed")
 
 
+class _Handshake:
+    """The server's ``send`` for a WebSocket connection, watched for the handshake's answer
+    (accepted: 101; closed first: 403; an HTTP response: its status), which is scored as the
+    request's outcome when it passes (a connection may stay open for hours)."""
+
+    def __init__(self, send: Send, engine: WebEngine, client: Client, path: str,
+                 now: float) -> None:
+        self.send = send
+        self.engine = engine
+        self.client = client
+        self.path = path
+        self.now = now
+        self.scored = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if not self.scored:
+            kind = message.get("type")
+            if kind == "websocket.accept":
+                self._score(101)
+            elif kind == "websocket.close":
+                self._score(403)
+            elif kind == "websocket.http.response.start":
+                self._score(int(message.get("status", 500)))
+        return self.send(message)
+
+    def _score(self, status: int) -> None:
+        self.scored = True
+        try:
+            self.engine.after(self.client, self.path, status, 0, self.now)
+        except Exception:
+            log.exception("scoring failed")
+
+    def done(self) -> None:
+        """The app has returned: a handshake it never answered is the server's error."""
+        if not self.scored:
+            self._score(500)
+
+
 class GarrisonMiddleware:
     """Bot scoring, session-hijack detection and adaptive rate limiting for an ASGI app.
 
@@ -107,7 +145,11 @@ class GarrisonMiddleware:
         # "" for none: a request's path is never empty here (it is "/" at least).
         self._metrics_path: str = self.options.metrics_path or ""
         self._exempt = self.engine.exempt
-        self._owner = threading.get_ident()
+        # The thread that serves requests: the first one that sends an HTTP request, not the
+        # one that built the middleware (an app is often built in one thread and served from
+        # an event loop in another: test clients, servers started from a thread).
+        self._owner = 0
+        self._claim_lock = threading.Lock()
 
     @property
     def metrics(self) -> Any:
@@ -145,8 +187,7 @@ class GarrisonMiddleware:
             return None
         client = self._client(scope)
         now = eng.clock()
-        if _get_ident() != self._owner:
-            eng.threaded = True  # served from more than one thread: lock the fast path
+        if _get_ident() != self._owner and not self._claim():
             return None
         decision = eng.fast(client, now)
         if decision is None:
@@ -157,6 +198,17 @@ class GarrisonMiddleware:
         else:
             state["garrison"] = decision.verdict
         return _Watch(send, eng, client, path, now)
+
+    def _claim(self) -> bool:
+        """Called from a thread that is not the owner: True if it becomes the owner (the first
+        HTTP request), else the middleware is served from several threads and the fast path
+        takes the lock from now on (False)."""
+        with self._claim_lock:
+            if self._owner == 0:
+                self._owner = _get_ident()
+                return True
+        self.engine.threaded = True
+        return False
 
     def _client(self, scope: dict[str, Any]) -> Client:
         """The client of a request: one pass over the header list and one cache lookup.
@@ -204,7 +256,10 @@ class GarrisonMiddleware:
     async def _full(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Every request :meth:`_fast_path` did not take: the full check before the app."""
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:  # lifespan, and whatever else a server may add
+                await self.app(scope, receive, send)
             return
         eng = self.engine
         path = _path(scope)
@@ -219,7 +274,7 @@ class GarrisonMiddleware:
             client = self._client(scope if isinstance(scope, dict) else dict(scope))
             now = eng.clock()
             if _get_ident() != self._owner:
-                eng.threaded = True  # served from more than one thread: lock the fast path
+                self._claim()
             pre = eng.precheck(client, now)  # fast() again first: it declines at once
             if isinstance(pre, CheckRequest):
                 decision = eng.decide(client, await eng.store.acheck(pre), now)
@@ -243,6 +298,54 @@ class GarrisonMiddleware:
             state = scope["state"] = {}
         state["garrison"] = decision.verdict
         watch = _Watch(send, eng, client, path, now)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            watch.done()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake, checked like a request: a banned, limited or moved client is
+        refused before the app sees it (429 or 403 with the ``websocket.http.response``
+        extension, else a close, which servers answer with 403), and the handshake's outcome
+        is scored. The messages of an open connection are not limited here."""
+        eng = self.engine
+        path = _path(scope)
+        if self._exempt and path.startswith(self._exempt):
+            await self.app(scope, receive, send)
+            return
+        try:
+            client = self._client(scope if isinstance(scope, dict) else dict(scope))
+            now = eng.clock()
+            if _get_ident() != self._owner:
+                self._claim()
+            pre = eng.precheck(client, now)
+            if isinstance(pre, CheckRequest):
+                decision = eng.decide(client, await eng.store.acheck(pre), now)
+            else:
+                decision = pre
+        except Exception as exc:  # a protection layer's own bug must not take the app down
+            eng.internal_error(exc)
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            message = await receive()  # the handshake's websocket.connect
+            if message.get("type") != "websocket.connect":
+                return  # the client went away first
+            if "websocket.http.response" in (scope.get("extensions") or {}):
+                body = decision.body()
+                raw = [(k.encode(), v.encode()) for k, v in decision.headers()]
+                raw.append((b"content-length", str(len(body)).encode()))
+                await send({"type": "websocket.http.response.start",
+                            "status": decision.status, "headers": raw})
+                await send({"type": "websocket.http.response.body", "body": body})
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["garrison"] = decision.verdict
+        watch = _Handshake(send, eng, client, path, now)
         try:
             await self.app(scope, receive, watch)
         finally:
