@@ -107,3 +107,40 @@ def test_django_middleware_from_settings() -> None:
                        _DJANGO_CLOCK.advance)
     assert set(statuses) == {200}
     assert {BOT_BLOCKED, IMPOSSIBLE_TRAVEL} <= {e.name for e in _DJANGO_EVENTS}
+
+
+def test_django_async_handler_runs_the_middleware_as_a_coroutine() -> None:
+    """Under Django's async handler (ASGI; here its AsyncClient) the middleware is a coroutine
+    in the chain, with the same verdicts: bots refused, people and pollers served."""
+    import asyncio
+
+    _django()
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+    loop = asyncio.new_event_loop()
+
+    def send(step: sc.Step) -> int:
+        if step.method == "POST":
+            call = client.post(step.path, data=step.form or {}, headers=step.headers)
+        else:
+            call = client.get(step.path, headers=step.headers)
+        return int(loop.run_until_complete(call).status_code)
+
+    try:
+        n = sc.first_block(sc.play(sc.scraper("192.0.2.140"), send, _DJANGO_CLOCK.advance))
+        assert n is not None and n <= 20
+        r = loop.run_until_complete(client.get("/page/1",
+                                               headers={"x-forwarded-for": "192.0.2.140"}))
+        assert r.status_code == 429 and r.json()["reason"] == "bot"
+        assert int(r["retry-after"]) >= 1
+        statuses = sc.play(sc.human("198.51.100.160", "ad0", random.Random(9), minutes=5),
+                           send, _DJANGO_CLOCK.advance)
+        assert 429 not in statuses and 200 in statuses
+        statuses = sc.play(sc.poller("198.51.100.191", "adash", 1.0, minutes=3), send,
+                           _DJANGO_CLOCK.advance)
+        assert set(statuses) == {200}
+    finally:
+        loop.close()
+    mw = client.handler._middleware_chain.__wrapped__
+    assert mw.is_async and asyncio.iscoroutinefunction(mw.get_response)
