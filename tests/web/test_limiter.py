@@ -150,6 +150,10 @@ def test_bad_store_urls() -> None:
         open_store("mongodb://x")
     with pytest.raises(StoreURLError):
         open_store("memory")
+    for bad in ("lease_max=-1", "lease_max=many", "lease_ttl=0", "lease_ttl=soon"):
+        with pytest.raises(StoreURLError, match="lease_"):
+            open_store("redis://127.0.0.1:6379/0?" + bad)
+
 
 
 def test_redis_down_fails_open_and_recovers(redis_server: RedisServer) -> None:

@@ -307,3 +307,21 @@ def test_a_concurrent_burst_within_the_limit_is_all_allowed(make: Make) -> None:
     rs = asyncio.run(run())
     assert all(r.allowed and not r.degraded for r in rs)
     assert s.round_trips == 60
+
+
+def test_the_store_url_sets_the_leases_and_keeps_the_rest_for_redis(
+        redis_server: RedisServer) -> None:
+    from garrison.store.base import open_store
+
+    s = open_store(redis_server.url + "?lease_ttl=5&lease_max=3&health_check_interval=0",
+                   POLICY, timeout=1.0, namespace="lease-url")
+    try:
+        assert isinstance(s, RedisStore) and (s.lease_ttl, s.lease_max) == (5.0, 3)
+        assert "lease" not in s.url and "health_check_interval=0" in s.url
+        for _ in range(8):  # three leased requests per round trip: R, l, l, l, R, l, l, l
+            ask(s, T0, "ip:url")
+        assert (s.round_trips, s.local_answers) == (2, 6)
+        assert s.breaker.total_failures == 0  # the client connects with the rest of the URL
+        assert ask(s, T0 + 5.0, "ip:url").allowed and s.round_trips == 3  # 5 s leases
+    finally:
+        s.close()

@@ -171,9 +171,32 @@ class LimitStore(ABC):
         self.close()
 
 
+def _lease_params(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without the query parameters Garrison reads itself (``lease_ttl``, seconds;
+    ``lease_max``, requests; see :class:`~garrison.store.redis.RedisStore`), and their values.
+    Any other parameter stays in the URL, for the Redis client."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, {}
+    kept: list[tuple[str, str]] = []
+    out: dict[str, Any] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in ("lease_ttl", "lease_max"):
+            kept.append((name, value))
+            continue
+        try:
+            out[name] = float(value) if name == "lease_ttl" else int(value)
+        except ValueError:
+            raise StoreURLError(f"store URL parameter {name}={value!r} is not a number") from None
+    return urlunsplit(parts._replace(query=urlencode(kept))), out
+
+
 def open_store(url: str, policy: LimitPolicy | None = None, *, timeout: float = 0.05,
                namespace: str = "garrison", max_keys: int = 200_000) -> LimitStore:
-    """A store for ``url``: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too).
+    """A store for ``url``: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too;
+    ``?lease_ttl=60&lease_max=12`` set the Redis store's leases).
 
     ``timeout`` (seconds) bounds every Redis call before the request fails open; ``max_keys``
     caps the identities a store keeps locally.
@@ -189,5 +212,12 @@ def open_store(url: str, policy: LimitPolicy | None = None, *, timeout: float = 
     if scheme in ("redis", "rediss"):
         from garrison.store.redis import RedisStore
 
-        return RedisStore(url, policy, timeout=timeout, namespace=namespace, max_local=max_keys)
+        url, leases = _lease_params(url)
+        try:
+            return RedisStore(url, policy, timeout=timeout, namespace=namespace,
+                              max_local=max_keys, **leases)
+        except ValueError as exc:
+            if isinstance(exc, StoreURLError):
+                raise
+            raise StoreURLError(f"bad store URL {url!r}: {exc}") from None
     raise StoreURLError(f"unknown store URL {url!r}: expected memory:// or redis://host:port/db")

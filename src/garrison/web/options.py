@@ -38,7 +38,9 @@ class WebOptions:
     ``travel_ban``. Verdict: ``reputation``, ``trust_weights``, ``min_trust``. Behaviour:
     ``dry_run``, ``allowlist``, ``exempt_paths``, ``on_block``, ``bus``, ``clock``,
     ``metrics_path``. SQL: ``sql_firewall``, ``sql_paranoia``, ``sql_exempt_paths``,
-    ``max_body``. State: ``store``, ``store_timeout``, ``max_ips``, ``max_sessions``.
+    ``max_body``. State: ``store`` (``memory://``, or ``redis://host:port/db``, whose
+    ``?lease_ttl=60&lease_max=12`` set how long and how many requests a worker may answer from
+    a lease before asking Redis again), ``store_timeout``, ``max_ips``, ``max_sessions``.
     """
 
     store: str = "memory://"
