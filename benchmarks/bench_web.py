@@ -74,6 +74,15 @@ APP = textwrap.dedent('''
             return PlainTextResponse("ok")
 
         app = Starlette(routes=[Route("/", home)])
+    elif os.environ["BENCH_FRAMEWORK"] == "fastapi":
+        from fastapi import FastAPI
+        from fastapi.responses import PlainTextResponse as FastText
+
+        app = FastAPI()
+
+        @app.get("/", response_class=FastText)
+        async def index():
+            return "ok"
     if variant == "slowapi":
         from slowapi import Limiter, _rate_limit_exceeded_handler
         from slowapi.errors import RateLimitExceeded

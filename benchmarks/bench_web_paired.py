@@ -15,6 +15,7 @@ Run: ``.venv/bin/python benchmarks/bench_web_paired.py [--duration 6] [--rounds 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -31,7 +32,6 @@ from bench_web import (
     WARM_PASSES,
     Variant,
     compiled,
-    cpu_seconds,
     pin,
     prepare,
     start,
@@ -47,30 +47,40 @@ def _wrk(url: str, script: Path, seconds: int) -> subprocess.Popen[str]:
     )
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of process ``pid`` so far (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def pair(v: Variant, redis_url: str, workdir: Path, rounds: int,
-         duration: int) -> list[tuple[float, float]]:
-    """CPU microseconds per request of (bare, ``v``), one pair per round."""
-    servers = [start(Variant("asgi", "bare", ""), redis_url, workdir),
+         duration: int) -> list[tuple[float, float, float, float]]:
+    """CPU microseconds per request of (the bare app of ``v``'s framework, ``v``, and what
+    ``v`` adds in user and in system time), one per round."""
+    servers = [start(Variant(v.framework, "bare", ""), redis_url, workdir),
                start(v, redis_url, workdir)]
     out: list[tuple[float, float]] = []
     try:
         for w in [_wrk(s.url, workdir / "warm.lua", 900) for s in servers]:
             w.communicate(timeout=960)
         for _ in range(rounds):
-            c0 = [cpu_seconds(s.proc.pid) for s in servers]
+            c0 = [cpu_split(s.proc.pid) for s in servers]
             loads = [_wrk(s.url, workdir / "clients.lua", duration) for s in servers]
             texts = [w.communicate(timeout=duration + 60)[0] for w in loads]
-            c1 = [cpu_seconds(s.proc.pid) for s in servers]
+            c1 = [cpu_split(s.proc.pid) for s in servers]
             n = []
             for t in texts:
                 m = re.search(r"(\d+) requests in", t)
                 if m is None:
                     raise ValueError(f"cannot parse wrk output:\n{t}")
                 n.append(int(m.group(1)))
-            b, x = ((c1[i] - c0[i]) / n[i] * 1e6 for i in range(2))
-            out.append((b, x))
+            per = [[(c1[i][k] - c0[i][k]) / n[i] * 1e6 for k in range(2)] for i in range(2)]
+            b, x = (sum(p) for p in per)
+            out.append((b, x, per[1][0] - per[0][0], per[1][1] - per[0][1]))
             print(f"{v.key:22s} bare {b:6.1f} us/req  {v.name} {x:6.1f} us/req  "
-                  f"ratio {b / x:.3f}", flush=True)
+                  f"ratio {b / x:.3f}  added user {out[-1][2]:+.1f} system {out[-1][3]:+.1f}",
+                  flush=True)
     finally:
         for s in servers:
             s.proc.terminate()
@@ -90,13 +100,18 @@ def main() -> None:
         print("no compiled build: the compiled rows are pure Python too")
     chosen = [Variant("asgi", "memory", "memory"), Variant("asgi", "memory (pure)", "memory", True),
               Variant("asgi", "redis", "redis")]
-    results: dict[str, list[tuple[float, float]]] = {}
+    # Minimal apps of the frameworks the middleware is for (FastAPI when it is installed: the
+    # bench extra): the same route, answered by the framework.
+    frameworks = ["starlette"] + (["fastapi"] if importlib.util.find_spec("fastapi") else [])
+    for fw in frameworks:
+        chosen += [Variant(fw, "memory", "memory"), Variant(fw, "redis", "redis")]
+    results: dict[str, list[tuple[float, float, float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="gw-paired-") as tmp:
         workdir = Path(tmp)
         redis_proc, redis_url = prepare(workdir)
         try:
             for v in chosen:
-                results[v.name] = pair(v, redis_url, workdir, args.rounds, args.duration)
+                results[v.key] = pair(v, redis_url, workdir, args.rounds, args.duration)
         finally:
             redis_proc.kill()
             redis_proc.wait()
@@ -106,22 +121,30 @@ def main() -> None:
         f"- machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}",
         f"- command: `.venv/bin/python benchmarks/bench_web_paired.py --duration "
         f"{args.duration} --rounds {args.rounds}`",
-        "- the bare app and the variant served at the same time by two uvicorn processes "
+        "- each variant paired with the bare app of its own framework (`asgi`: a plain ASGI "
+        "callable, the harshest baseline; `starlette`, `fastapi`: a one-route app), "
+        "served at the same time by two uvicorn processes "
         "pinned to CPU 0, each loaded by its own `wrk -t1 -c32` on CPU 1; the same "
         f"{CLIENTS:,} clients as in `web.md`, each first warmed with {WARM_PASSES} requests",
         "- ratio = bare CPU per request / variant CPU per request (what the throughput ratio "
         "would be on a CPU of its own); for Redis a lower bound (see the script)",
         "",
-        "| variant | bare CPU/req (us, median) | variant CPU/req (us, median) | ratio (median) | "
-        "ratio (min-max) |",
-        "|---|---:|---:|---:|---:|",
+        "- added user / system: the variant's CPU per request minus the bare app's, split "
+        "into user and kernel time (medians; the kernel's share is the sockets, the same "
+        "for both unless a variant talks to Redis)",
+        "",
+        "| app / variant | bare CPU/req (us, median) | variant CPU/req (us, median) | "
+        "ratio (median) | ratio (min-max) | added user (us) | added system (us) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, pairs in results.items():
-        ratios = [b / x for b, x in pairs]
+    for name, rows in results.items():
+        ratios = [r[0] / r[1] for r in rows]
         lines.append(
-            f"| {name} | {statistics.median(b for b, _ in pairs):.0f} | "
-            f"{statistics.median(x for _, x in pairs):.0f} | {statistics.median(ratios):.2f}x | "
-            f"{min(ratios):.2f}-{max(ratios):.2f}x |")
+            f"| {name} | {statistics.median(r[0] for r in rows):.0f} | "
+            f"{statistics.median(r[1] for r in rows):.0f} | {statistics.median(ratios):.2f}x | "
+            f"{min(ratios):.2f}-{max(ratios):.2f}x | "
+            f"{statistics.median(r[2] for r in rows):+.0f} | "
+            f"{statistics.median(r[3] for r in rows):+.0f} |")
     lines.append("")
     text = "\n".join(lines)
     Path(args.out).write_text(text)
