@@ -325,3 +325,20 @@ def test_the_store_url_sets_the_leases_and_keeps_the_rest_for_redis(
         assert ask(s, T0 + 5.0, "ip:url").allowed and s.round_trips == 3  # 5 s leases
     finally:
         s.close()
+
+
+def test_metrics_say_how_often_redis_is_asked(make: Make) -> None:
+    from garrison.bus import EventBus
+    from garrison.web.engine import WebEngine
+    from garrison.web.options import WebOptions
+
+    s = make()
+    eng = WebEngine(WebOptions(bus=EventBus()), store=s)
+    for _ in range(10):
+        ask(s, T0, "ip:metrics")  # one round trip, then eight from the lease, then Redis again
+    text = eng.metrics.render()
+    assert (s.round_trips, s.local_answers) == (2, 8)
+    assert 'garrison_web_store_answers_total{by="redis"} 2' in text
+    assert 'garrison_web_store_answers_total{by="lease"} 8' in text
+    memory = WebEngine(WebOptions(bus=EventBus())).metrics.render()
+    assert "garrison_web_store_answers_total" not in memory  # one source: nothing to split

@@ -163,6 +163,11 @@ class LimitStore(ABC):
     async def acheck(self, req: CheckRequest) -> CheckResult:
         """Answer ``req`` without blocking the event loop (for ASGI). Never raises."""
 
+    def answers(self) -> dict[str, int]:
+        """Checks answered so far, by where the answer came from (for metrics); a store that
+        answers every check alike reports nothing."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""
 

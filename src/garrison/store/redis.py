@@ -968,6 +968,10 @@ class RedisStore(LimitStore):
                 with self._lock:
                     self._land(req)
 
+    def answers(self) -> dict[str, int]:
+        """Checks answered by a round trip to Redis and from this worker's leases."""
+        return {"redis": self.round_trips, "lease": self.local_answers}
+
     def close(self) -> None:
         self._sync.close()
 

@@ -33,11 +33,14 @@ log = logging.getLogger("garrison.web")
 _get_ident = threading.get_ident
 
 
-async def _answer(send: Send, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+async def _answer(send: Send, status: int, headers: list[tuple[str, str]], body: bytes,
+                  kind: str = "http.response") -> None:
+    """Send a whole response: ``kind`` is ``http.response`` or, refusing a WebSocket
+    handshake, ``websocket.http.response``."""
     raw = [(k.encode(), v.encode()) for k, v in headers]
     raw.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": kind + ".start", "status": status, "headers": raw})
+    await send({"type": kind + ".body", "body": body})
 
 
 def _path(scope: Scope) -> str:
@@ -270,20 +273,11 @@ class GarrisonMiddleware:
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
-        try:
-            client = self._client(scope if isinstance(scope, dict) else dict(scope))
-            now = eng.clock()
-            if _get_ident() != self._owner:
-                self._claim()
-            pre = eng.precheck(client, now)  # fast() again first: it declines at once
-            if isinstance(pre, CheckRequest):
-                decision = eng.decide(client, await eng.store.acheck(pre), now)
-            else:
-                decision = pre
-        except Exception as exc:  # a protection layer's own bug must not take the app down
-            eng.internal_error(exc)
+        checked = await self._check(scope)
+        if checked is None:  # the middleware failed: the request goes on unchecked
             await self.app(scope, receive, send)
             return
+        client, now, decision = checked
         if not decision.allowed:
             await _answer(send, decision.status, decision.headers(), decision.body())
             return
@@ -303,41 +297,44 @@ class GarrisonMiddleware:
         finally:
             watch.done()
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake, checked like a request: a banned, limited or moved client is
-        refused before the app sees it (429 or 403 with the ``websocket.http.response``
-        extension, else a close, which servers answer with 403), and the handshake's outcome
-        is scored. The messages of an open connection are not limited here."""
+    async def _check(self, scope: Scope) -> tuple[Client, float, Decision] | None:
+        """The full check of a request or a handshake: its client, time and decision, or None
+        when the middleware itself failed (counted; the request must then pass)."""
         eng = self.engine
-        path = _path(scope)
-        if self._exempt and path.startswith(self._exempt):
-            await self.app(scope, receive, send)
-            return
         try:
             client = self._client(scope if isinstance(scope, dict) else dict(scope))
             now = eng.clock()
             if _get_ident() != self._owner:
                 self._claim()
-            pre = eng.precheck(client, now)
+            pre = eng.precheck(client, now)  # fast() again first: it declines at once
             if isinstance(pre, CheckRequest):
-                decision = eng.decide(client, await eng.store.acheck(pre), now)
-            else:
-                decision = pre
+                return client, now, eng.decide(client, await eng.store.acheck(pre), now)
+            return client, now, pre
         except Exception as exc:  # a protection layer's own bug must not take the app down
             eng.internal_error(exc)
+            return None
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake, checked like a request: a banned, limited or moved client is
+        refused before the app sees it (429 or 403 with the ``websocket.http.response``
+        extension, else a close, which servers answer with 403), and the handshake's outcome
+        is scored. The messages of an open connection are not limited here."""
+        path = _path(scope)
+        if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
+        checked = await self._check(scope)
+        if checked is None:  # the middleware failed: the handshake goes on unchecked
+            await self.app(scope, receive, send)
+            return
+        client, now, decision = checked
         if not decision.allowed:
             message = await receive()  # the handshake's websocket.connect
             if message.get("type") != "websocket.connect":
                 return  # the client went away first
             if "websocket.http.response" in (scope.get("extensions") or {}):
-                body = decision.body()
-                raw = [(k.encode(), v.encode()) for k, v in decision.headers()]
-                raw.append((b"content-length", str(len(body)).encode()))
-                await send({"type": "websocket.http.response.start",
-                            "status": decision.status, "headers": raw})
-                await send({"type": "websocket.http.response.body", "body": body})
+                await _answer(send, decision.status, decision.headers(), decision.body(),
+                              "websocket.http.response")
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return
@@ -345,7 +342,7 @@ class GarrisonMiddleware:
         if state is None:
             state = scope["state"] = {}
         state["garrison"] = decision.verdict
-        watch = _Handshake(send, eng, client, path, now)
+        watch = _Handshake(send, self.engine, client, path, now)
         try:
             await self.app(scope, receive, watch)
         finally:

@@ -273,6 +273,7 @@ class WebEngine:
         self.metrics = WebMetrics()
         self.metrics.gauges = {"ip": lambda: self._count("ip:"),
                                "session": lambda: self._count("s:")}
+        self.metrics.answers = self.store.answers
         self.dropped_bans = 0
         self._warned_forwarding = False
         self._last_error_log = -1e18

@@ -4,7 +4,11 @@
 requests by reason; ``garrison_web_scoring_seconds``: time spent scoring after the response
 (a summary: ``_sum`` and ``_count``, seconds); ``garrison_web_store_failures_total``: store
 calls that failed open; ``garrison_web_internal_errors_total``: the middleware's own failures
-(the request passed); ``garrison_web_tracked{kind}``: keys currently tracked.
+(the request passed); ``garrison_web_tracked{kind}``: keys currently tracked;
+``garrison_web_store_answers_total{by}``: the store's answers to full checks by where they came
+from (with Redis: ``redis``, a round trip, or ``lease``, this worker's lease); against
+``garrison_web_requests_total`` it says how often Redis is asked (requests answered from a
+client's prepared decision ask the store nothing).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class WebMetrics:
         self.internal_errors = 0
         self.dropped = 0
         self.gauges: dict[str, Callable[[], int]] = {}
+        self.answers: Callable[[], dict[str, int]] = dict  # the store's, by source
 
     def seen(self) -> None:
         self.requests += 1  # a lost increment under threads is acceptable for a counter
@@ -75,4 +80,10 @@ class WebMetrics:
         ]
         for kind in sorted(self.gauges):
             lines.append(f'garrison_web_tracked{{kind="{kind}"}} {self.gauges[kind]()}')
+        answers = self.answers()
+        if answers:
+            lines += ["# HELP garrison_web_store_answers_total Store answers, by where they "
+                      "came from.", "# TYPE garrison_web_store_answers_total counter"]
+            for by in sorted(answers):
+                lines.append(f'garrison_web_store_answers_total{{by="{by}"}} {answers[by]}')
         return "\n".join(lines) + "\n"
