@@ -98,7 +98,8 @@ APP = textwrap.dedent('''
         from garrison.bus import EventBus
         from garrison.web import GarrisonMiddleware
         app = GarrisonMiddleware(app, store=os.environ["BENCH_STORE"], bus=EventBus(),
-                                 trusted_proxies=["127.0.0.1"], store_timeout=0.2)
+                                 trusted_proxies=["127.0.0.1"], store_timeout=0.2,
+                                 metrics_path="/metrics")
 ''')
 
 _CLIENT = '''

@@ -22,6 +22,8 @@ import re
 import statistics
 import subprocess
 import tempfile
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_web import (
@@ -54,21 +56,48 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def pair(v: Variant, redis_url: str, workdir: Path, rounds: int,
-         duration: int) -> list[tuple[float, float, float, float]]:
-    """CPU microseconds per request of (the bare app of ``v``'s framework, ``v``, and what
-    ``v`` adds in user and in system time), one per round."""
+@dataclass(frozen=True)
+class Round:
+    """One round of a pair: CPU microseconds per request of the bare app and of the variant,
+    what the variant adds in user and in system time, and the shares of the variant's requests
+    checked in full and sent to Redis (from its /metrics)."""
+
+    bare: float
+    variant: float
+    user: float
+    system: float
+    full: float
+    redis: float
+
+
+def counters(url: str) -> dict[str, float]:
+    """The middleware's counters, read from its /metrics."""
+    with urllib.request.urlopen(url + "metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for name, key in (("requests", r"garrison_web_requests_total"),
+                      ("full", r"garrison_web_full_checks_total"),
+                      ("redis", r'garrison_web_store_answers_total\{by="redis"\}')):
+        m = re.search(rf"^{key} (\d+)", text, re.M)
+        out[name] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def pair(v: Variant, redis_url: str, workdir: Path, rounds: int, duration: int) -> list[Round]:
+    """The rounds of ``v`` against the bare app of its own framework."""
     servers = [start(Variant(v.framework, "bare", ""), redis_url, workdir),
                start(v, redis_url, workdir)]
-    out: list[tuple[float, float]] = []
+    out: list[Round] = []
     try:
         for w in [_wrk(s.url, workdir / "warm.lua", 900) for s in servers]:
             w.communicate(timeout=960)
         for _ in range(rounds):
+            m0 = counters(servers[1].url)
             c0 = [cpu_split(s.proc.pid) for s in servers]
             loads = [_wrk(s.url, workdir / "clients.lua", duration) for s in servers]
             texts = [w.communicate(timeout=duration + 60)[0] for w in loads]
             c1 = [cpu_split(s.proc.pid) for s in servers]
+            m1 = counters(servers[1].url)
             n = []
             for t in texts:
                 m = re.search(r"(\d+) requests in", t)
@@ -76,11 +105,13 @@ def pair(v: Variant, redis_url: str, workdir: Path, rounds: int,
                     raise ValueError(f"cannot parse wrk output:\n{t}")
                 n.append(int(m.group(1)))
             per = [[(c1[i][k] - c0[i][k]) / n[i] * 1e6 for k in range(2)] for i in range(2)]
-            b, x = (sum(p) for p in per)
-            out.append((b, x, per[1][0] - per[0][0], per[1][1] - per[0][1]))
-            print(f"{v.key:22s} bare {b:6.1f} us/req  {v.name} {x:6.1f} us/req  "
-                  f"ratio {b / x:.3f}  added user {out[-1][2]:+.1f} system {out[-1][3]:+.1f}",
-                  flush=True)
+            seen = max(m1["requests"] - m0["requests"], 1.0)
+            r = Round(sum(per[0]), sum(per[1]), per[1][0] - per[0][0], per[1][1] - per[0][1],
+                      (m1["full"] - m0["full"]) / seen, (m1["redis"] - m0["redis"]) / seen)
+            out.append(r)
+            print(f"{v.key:22s} bare {r.bare:6.1f} us/req  {v.name} {r.variant:6.1f} us/req  "
+                  f"ratio {r.bare / r.variant:.3f}  added user {r.user:+.1f} system "
+                  f"{r.system:+.1f}  full {r.full:.1%} redis {r.redis:.1%}", flush=True)
     finally:
         for s in servers:
             s.proc.terminate()
@@ -105,7 +136,7 @@ def main() -> None:
     frameworks = ["starlette"] + (["fastapi"] if importlib.util.find_spec("fastapi") else [])
     for fw in frameworks:
         chosen += [Variant(fw, "memory", "memory"), Variant(fw, "redis", "redis")]
-    results: dict[str, list[tuple[float, float, float, float]]] = {}
+    results: dict[str, list[Round]] = {}
     with tempfile.TemporaryDirectory(prefix="gw-paired-") as tmp:
         workdir = Path(tmp)
         redis_proc, redis_url = prepare(workdir)
@@ -128,23 +159,28 @@ def main() -> None:
         f"{CLIENTS:,} clients as in `web.md`, each first warmed with {WARM_PASSES} requests",
         "- ratio = bare CPU per request / variant CPU per request (what the throughput ratio "
         "would be on a CPU of its own); for Redis a lower bound (see the script)",
-        "",
         "- added user / system: the variant's CPU per request minus the bare app's, split "
         "into user and kernel time (medians; the kernel's share is the sockets, the same "
-        "for both unless a variant talks to Redis)",
+        "for both unless a variant talks to Redis); checked in full / asked Redis: shares "
+        "of the variant's requests that took the full check and a Redis round trip (its "
+        "`/metrics`, read before and after each round)",
         "",
         "| app / variant | bare CPU/req (us, median) | variant CPU/req (us, median) | "
-        "ratio (median) | ratio (min-max) | added user (us) | added system (us) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "ratio (median) | ratio (min-max) | added user (us) | added system (us) | "
+        "checked in full | asked Redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rows in results.items():
-        ratios = [r[0] / r[1] for r in rows]
+        ratios = [r.bare / r.variant for r in rows]
+        redis = (f"{statistics.median(r.redis for r in rows):.1%}" if "redis" in name
+                 else "-")
         lines.append(
-            f"| {name} | {statistics.median(r[0] for r in rows):.0f} | "
-            f"{statistics.median(r[1] for r in rows):.0f} | {statistics.median(ratios):.2f}x | "
-            f"{min(ratios):.2f}-{max(ratios):.2f}x | "
-            f"{statistics.median(r[2] for r in rows):+.0f} | "
-            f"{statistics.median(r[3] for r in rows):+.0f} |")
+            f"| {name} | {statistics.median(r.bare for r in rows):.0f} | "
+            f"{statistics.median(r.variant for r in rows):.0f} | "
+            f"{statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x | "
+            f"{statistics.median(r.user for r in rows):+.0f} | "
+            f"{statistics.median(r.system for r in rows):+.0f} | "
+            f"{statistics.median(r.full for r in rows):.1%} | {redis} |")
     lines.append("")
     text = "\n".join(lines)
     Path(args.out).write_text(text)
