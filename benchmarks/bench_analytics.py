@@ -159,7 +159,7 @@ def socket_poll(pairs: int = 2500) -> list[str]:
                 with open(f"/proc/self/net/{name}") as fh:
                     fh.read()
 
-        def steady(table: SocketTable) -> Callable[[], None]:
+        def steady(table: SocketTable) -> Callable[[], object]:
             return lambda: table.poll(time.time())
 
         def cold() -> None:

@@ -210,7 +210,7 @@ def main() -> None:
         if "decoy-noauth" in rates[service]:
             n = rates[service]["decoy-noauth"]
             lines.append(f"| {service} (banner only) | {b:,.0f} | {n:,.0f} | {n / b:.2f} |")
-    b, d, n = memory["baseline"], memory["decoy"], memory["decoy-noauth"]
+    mb, md, mn = memory["baseline"], memory["decoy"], memory["decoy-noauth"]
     lines += [
         "",
         "## Memory per open session",
@@ -220,17 +220,17 @@ def main() -> None:
         "",
         "| server | RSS before (KiB) | RSS with sessions (KiB) | KiB per session |",
         "|---|---:|---:|---:|",
-        f"| baseline asyncio | {b['rss_before_kib']:,} | {b['rss_after_kib']:,} "
-        f"| {b['kib_per_session']:.1f} |",
-        f"| decoy (asyncssh) | {d['rss_before_kib']:,} | {d['rss_after_kib']:,} "
-        f"| {d['kib_per_session']:.1f} |",
-        f"| decoy (banner only, `ssh_auth = false`) | {n['rss_before_kib']:,} "
-        f"| {n['rss_after_kib']:,} | {n['kib_per_session']:.1f} |",
+        f"| baseline asyncio | {mb['rss_before_kib']:,} | {mb['rss_after_kib']:,} "
+        f"| {mb['kib_per_session']:.1f} |",
+        f"| decoy (asyncssh) | {md['rss_before_kib']:,} | {md['rss_after_kib']:,} "
+        f"| {md['kib_per_session']:.1f} |",
+        f"| decoy (banner only, `ssh_auth = false`) | {mn['rss_before_kib']:,} "
+        f"| {mn['rss_after_kib']:,} | {mn['kib_per_session']:.1f} |",
         "",
         f"Decoy / baseline memory per session: "
-        f"{d['kib_per_session'] / max(b['kib_per_session'], 0.1):.2f}. With the default caps"
+        f"{md['kib_per_session'] / max(mb['kib_per_session'], 0.1):.2f}. With the default caps"
         f" (`max_sessions = 512`) the decoys hold at most "
-        f"{512 * d['kib_per_session'] / 1024:.1f} MiB of session state.",
+        f"{512 * md['kib_per_session'] / 1024:.1f} MiB of session state.",
         "",
     ]
     OUT.write_text("\n".join(lines))

@@ -122,7 +122,8 @@ def bench_pipeline() -> list[str]:
     from garrison.respond import install
 
     rng = random.Random(2)
-    kinds = [("scan", {"type": "syn", "verified": False, "port_count": 40}),
+    kinds: list[tuple[str, dict[str, object]]] = [
+             ("scan", {"type": "syn", "verified": False, "port_count": 40}),
              ("scan", {"type": "connect", "verified": True, "port_count": 120}),
              ("honeypot", {"service": "ssh"}), ("dns-tunnel", {"domain": "t.example"}),
              ("beacon", {"interval": 60}), ("exfil", {"bytes": 10**7})]

@@ -34,6 +34,7 @@ import tempfile
 import textwrap
 import time
 import tracemalloc
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +187,19 @@ def parse_wrk(text: str) -> dict[str, float]:
         "requests": float(total.group(1)),
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
     }
+
+
+def counters(url: str) -> dict[str, float]:
+    """The middleware's counters, read from its /metrics."""
+    with urllib.request.urlopen(url + "metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for name, key in (("requests", r"garrison_web_requests_total"),
+                      ("full", r"garrison_web_full_checks_total"),
+                      ("redis", r'garrison_web_store_answers_total\{by="redis"\}')):
+        m = re.search(rf"^{key} (\d+)", text, re.M)
+        out[name] = float(m.group(1)) if m else 0.0
+    return out
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,7 +2,8 @@
 
 The throughput benchmarks (``bench_web.py``, ``bench_web_paired.py``) time real servers on a
 shared virtual machine, whose speed and cache pressure drift from one minute to the next. This
-one counts instead: the bare app and the middleware (``memory://``) each run in uvicorn under
+one counts instead: the bare app and the middleware (``memory://``, or with ``--store redis`` a
+real redis-server) each run in uvicorn under
 ``valgrind --tool=callgrind`` with a simulated cache (L1i 32 KB, L1d 48 KB, last level 1 MB, the
 size of one core's L2 on common server CPUs), are warmed uninstrumented with the same 10,000
 clients as the other benchmarks (each ``min_requests`` times), then instrumented for a fixed
@@ -29,18 +30,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_web import CLIENTS, ROOT, WARM_PASSES, compiled, free_port, prepare, wait_port
+from bench_web import (
+    CLIENTS,
+    ROOT,
+    WARM_PASSES,
+    compiled,
+    counters,
+    free_port,
+    prepare,
+    wait_port,
+)
 from machine import cpu_model
 
 CACHE = ["--I1=32768,8,64", "--D1=49152,12,64", "--LL=1048576,16,64"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
 
 
-def run(variant: str, workdir: Path, seconds: int) -> None:
+def run(variant: str, workdir: Path, seconds: int, store: str = "memory://") -> None:
     """Start one server under callgrind, warm it, count ``seconds`` of load, stop it: writes
-    ``<variant>.out`` (callgrind's counts) and ``<variant>.n`` (requests counted)."""
+    ``<variant>.out`` (callgrind's counts), ``<variant>.n`` (requests counted) and, for the
+    middleware, ``<variant>.paths`` (of the counted requests: seen, checked in full, sent to
+    Redis, from its /metrics)."""
     port = free_port()
-    env = {**os.environ, "BENCH_VARIANT": variant, "BENCH_STORE": "memory://",
+    env = {**os.environ, "BENCH_VARIANT": variant, "BENCH_STORE": store,
            "BENCH_FRAMEWORK": "asgi"}
     env.pop("GARRISON_PURE", None)
     out = workdir / f"{variant}.out"
@@ -55,6 +67,7 @@ def run(variant: str, workdir: Path, seconds: int) -> None:
         url = f"http://127.0.0.1:{port}/"
         subprocess.run(["wrk", "-t1", "-c8", "-d1800s", "-s", str(workdir / "warm.lua"), url],
                        check=True, capture_output=True, timeout=1900)
+        before = counters(url) if variant == "garrison" else {}
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
                        capture_output=True, timeout=60)
         load = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s",
@@ -62,6 +75,10 @@ def run(variant: str, workdir: Path, seconds: int) -> None:
                               capture_output=True, text=True, timeout=seconds + 120)
         subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
                        capture_output=True, timeout=60)
+        if before:  # what the counted requests took: full checks, Redis round trips
+            after = counters(url)
+            (workdir / f"{variant}.paths").write_text(" ".join(
+                str(int(after[k] - before[k])) for k in ("requests", "full", "redis")))
         m = re.search(r"(\d+) requests in", load.stdout)
         if m is None:
             raise ValueError(f"cannot parse wrk output:\n{load.stdout}")
@@ -103,22 +120,35 @@ def collector(out: Path) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=20, help="seconds of counted load")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-callgrind.md"))
+    ap.add_argument("--out", help="the report (default: docs/benchmarks/web-callgrind.md, "
+                    "or web-callgrind-redis.md with --store redis)")
     ap.add_argument("--keep", help="a folder to copy callgrind's output files to")
+    ap.add_argument("--store", choices=("memory", "redis"), default="memory",
+                    help="the middleware's store (redis: a redis-server started here; under "
+                         "valgrind most requests then take a round trip, which is what this "
+                         "counts)")
     args = ap.parse_args()
+    if args.out is None:
+        name = "web-callgrind-redis.md" if args.store == "redis" else "web-callgrind.md"
+        args.out = str(ROOT / "docs" / "benchmarks" / name)
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found (Debian packages valgrind, wrk)")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gw-callgrind-") as tmp:
         workdir = Path(tmp)
-        redis_proc, _ = prepare(workdir)  # the app and the wrk scripts (redis is not used)
-        redis_proc.kill()
-        redis_proc.wait()
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one server per CPU
-            for fut in [pool.submit(run, v, workdir, args.seconds) for v in ("bare", "garrison")]:
-                fut.result()
+        redis_proc, redis_url = prepare(workdir)  # the app, the wrk scripts, a redis-server
+        store = redis_url if args.store == "redis" else "memory://"
+        try:
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one server per CPU
+                for fut in [pool.submit(run, v, workdir, args.seconds, store)
+                            for v in ("bare", "garrison")]:
+                    fut.result()
+        finally:
+            redis_proc.kill()
+            redis_proc.wait()
         bare, mw = per_request(workdir, "bare"), per_request(workdir, "garrison")
+        paths = [int(x) for x in (workdir / "garrison.paths").read_text().split()]
         if args.keep:
             shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
     rows = [("instructions", "Ir"), ("L1 instruction misses", "I1mr"),
@@ -131,11 +161,13 @@ def main() -> None:
         f"- machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}; "
         f"{'compiled' if compiled() else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_callgrind.py --seconds "
-        f"{args.seconds}` ({time.monotonic() - t0:.0f} s)",
+        f"{args.seconds}" + (" --store redis" if args.store == "redis" else "")
+        + f"` ({time.monotonic() - t0:.0f} s)",
         f"- uvicorn (h11) under callgrind, simulated caches {' '.join(CACHE)}; {CLIENTS:,} "
         f"clients warmed {WARM_PASSES} times each, then `wrk -c8` counted: "
         f"{bare['requests']:.0f} requests (bare) and {mw['requests']:.0f} (middleware, "
-        "memory://)",
+        f"{'redis://' if args.store == 'redis' else 'memory://'}); of the middleware's, "
+        f"{paths[1]:,} took the full check and {paths[2]:,} a Redis round trip (its /metrics)",
         "",
         "| per request | bare app | with the middleware | added | added (%) |",
         "|---|---:|---:|---:|---:|",

@@ -22,7 +22,6 @@ import re
 import statistics
 import subprocess
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from bench_web import (
     WARM_PASSES,
     Variant,
     compiled,
+    counters,
     pin,
     prepare,
     start,
@@ -68,19 +68,6 @@ class Round:
     system: float
     full: float
     redis: float
-
-
-def counters(url: str) -> dict[str, float]:
-    """The middleware's counters, read from its /metrics."""
-    with urllib.request.urlopen(url + "metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for name, key in (("requests", r"garrison_web_requests_total"),
-                      ("full", r"garrison_web_full_checks_total"),
-                      ("redis", r'garrison_web_store_answers_total\{by="redis"\}')):
-        m = re.search(rf"^{key} (\d+)", text, re.M)
-        out[name] = float(m.group(1)) if m else 0.0
-    return out
 
 
 def pair(v: Variant, redis_url: str, workdir: Path, rounds: int, duration: int) -> list[Round]:
