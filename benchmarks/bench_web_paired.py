@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=6, help="seconds per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-paired.md"))
+    ap.add_argument("--only", nargs="+", metavar="APP/VARIANT",
+                    help="run only these rows, e.g. asgi/redis (for a longer run of a few)")
     args = ap.parse_args()
     if not PINNED:
         raise SystemExit("needs two CPUs: both servers on one, their load on the other")
@@ -123,6 +125,11 @@ def main() -> None:
     frameworks = ["starlette"] + (["fastapi"] if importlib.util.find_spec("fastapi") else [])
     for fw in frameworks:
         chosen += [Variant(fw, "memory", "memory"), Variant(fw, "redis", "redis")]
+    if args.only:
+        unknown = set(args.only) - {v.key for v in chosen}
+        if unknown:
+            raise SystemExit(f"no such rows: {', '.join(sorted(unknown))}")
+        chosen = [v for v in chosen if v.key in args.only]
     results: dict[str, list[Round]] = {}
     with tempfile.TemporaryDirectory(prefix="gw-paired-") as tmp:
         workdir = Path(tmp)
@@ -138,7 +145,8 @@ def main() -> None:
         "",
         f"- machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}",
         f"- command: `.venv/bin/python benchmarks/bench_web_paired.py --duration "
-        f"{args.duration} --rounds {args.rounds}`",
+        f"{args.duration} --rounds {args.rounds}"
+        + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "") + "`",
         "- each variant paired with the bare app of its own framework (`asgi`: a plain ASGI "
         "callable, the harshest baseline; `starlette`, `fastapi`: a one-route app), "
         "served at the same time by two uvicorn processes "
