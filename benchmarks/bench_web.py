@@ -22,6 +22,7 @@ Run: ``.venv/bin/python benchmarks/bench_web.py [--duration 10] [--rounds 3]``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -380,11 +381,8 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian package wrk)")
-    try:
-        import slowapi  # noqa: F401
-        has_slowapi = True
-    except ImportError:
-        has_slowapi = False
+    has_slowapi = importlib.util.find_spec("slowapi") is not None
+    if not has_slowapi:
         print("slowapi not installed: no peer-tool row (pip install -e '.[bench]')")
     is_compiled = compiled()
     if not is_compiled:
