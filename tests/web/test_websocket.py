@@ -124,3 +124,25 @@ async def test_without_the_http_response_extension_a_refusal_is_a_close() -> Non
              "headers": [(b"x-forwarded-for", b"203.0.113.70")]}
     await mw(scope, receive, send)  # type: ignore[arg-type]
     assert ran == [] and sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_the_sql_firewall_checks_a_handshake_query(serve_asgi: Callable[[Any], str],
+                                                    clock: FakeClock) -> None:
+    pytest.importorskip("garrison.guards.sqli", reason="the SQL detector is not installed")
+    from garrison.events import SQL_INJECTION
+
+    base, _, events = _site(serve_asgi, clock, sql_firewall=True)
+    assert _open(base, "203.0.113.90")[0] == 101  # a plain handshake passes
+    url = _ws(base) + "?room=" + "1' OR '1'='1".replace(" ", "%20").replace("'", "%27")
+    try:
+        with connect(url, additional_headers={"X-Forwarded-For": "203.0.113.91"},
+                     open_timeout=10):
+            refused: tuple[int, bytes] = (101, b"")
+    except InvalidStatus as exc:
+        refused = (exc.response.status_code, exc.response.body or b"")
+    assert refused[0] == 403 and json.loads(refused[1])["reason"] == "sql-injection"
+    assert SQL_INJECTION in [e.name for e in events]
+    with connect(_ws(base) + "?room=lobby", open_timeout=10,
+                 additional_headers={"X-Forwarded-For": "203.0.113.92"}) as ws:
+        # a harmless query string still connects
+        assert json.loads(str(ws.recv(timeout=10)))["trust"] is not None

@@ -317,8 +317,9 @@ class GarrisonMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake, checked like a request: a banned, limited or moved client is
         refused before the app sees it (429 or 403 with the ``websocket.http.response``
-        extension, else a close, which servers answer with 403), and the handshake's outcome
-        is scored. The messages of an open connection are not limited here."""
+        extension, else a close, which servers answer with 403), so is one the SQL firewall
+        finds injection in (path, query string, cookies), and the handshake's outcome is
+        scored. The messages of an open connection are not limited here."""
         path = _path(scope)
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
@@ -329,15 +330,15 @@ class GarrisonMiddleware:
             return
         client, now, decision = checked
         if not decision.allowed:
-            message = await receive()  # the handshake's websocket.connect
-            if message.get("type") != "websocket.connect":
-                return  # the client went away first
-            if "websocket.http.response" in (scope.get("extensions") or {}):
-                await _answer(send, decision.status, decision.headers(), decision.body(),
-                              "websocket.http.response")
-            else:
-                await send({"type": "websocket.close", "code": 1008})
+            await self._refuse_handshake(scope, receive, send, decision)
             return
+        if self._inspect is not None and self.engine.sql_applies(path):
+            # the handshake's path, query string and cookies (it has no body)
+            refused, receive = await self._sql(scope, receive, dict(scope.get("headers") or ()),
+                                               client, now)
+            if refused is not None and not refused.allowed:
+                await self._refuse_handshake(scope, receive, send, refused)
+                return
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -347,6 +348,19 @@ class GarrisonMiddleware:
             await self.app(scope, receive, watch)
         finally:
             watch.done()
+
+    async def _refuse_handshake(self, scope: Scope, receive: Receive, send: Send,
+                                decision: Decision) -> None:
+        """Refuse a WebSocket handshake: the refusal's status, headers and JSON body with the
+        ``websocket.http.response`` extension, else a close (the server answers 403)."""
+        message = await receive()  # the handshake's websocket.connect
+        if message.get("type") != "websocket.connect":
+            return  # the client went away first
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            await _answer(send, decision.status, decision.headers(), decision.body(),
+                          "websocket.http.response")
+        else:
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _sql(self, scope: Scope, receive: Receive, headers: dict[bytes, bytes],
                    client: Any, now: float) -> tuple[Decision | None, Receive]:
