@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from garrison.bus import EventBus
 from tests.web import scenarios as sc
@@ -69,24 +70,21 @@ def _app(clock: FakeClock, ran: list[str], release: threading.Event) -> Any:
     return inner, outer
 
 
-def test_context_variables_flow_both_ways_through_the_middleware(
-        serve_asgi: Callable[[Any], str], clock: FakeClock) -> None:
+@pytest.mark.parametrize(("path", "body", "mark"), [
+    # a context variable set outside is seen by the endpoint, and the endpoint's by the outside
+    ("/context", "outer-/context", "after:set-by-endpoint"),
+    # a background task runs after the response
+    ("/background", "queued", "task"),
+], ids=["context-variables", "background-task"])
+def test_what_runs_around_the_endpoint_still_runs(serve_asgi: Callable[[Any], str],
+                                                  clock: FakeClock, path: str, body: str,
+                                                  mark: str) -> None:
     ran: list[str] = []
     _, app = _app(clock, ran, threading.Event())
     base = serve_asgi(app)
-    r = httpx.get(base + "/context", timeout=10)
-    assert r.status_code == 200 and r.text == "outer-/context"
-    wait_for(lambda: "after:set-by-endpoint" in ran, what="the outer middleware to finish")
-
-
-def test_background_tasks_run_after_the_response(serve_asgi: Callable[[Any], str],
-                                                  clock: FakeClock) -> None:
-    ran: list[str] = []
-    _, app = _app(clock, ran, threading.Event())
-    base = serve_asgi(app)
-    r = httpx.get(base + "/background", timeout=10)
-    assert r.status_code == 200 and r.text == "queued"
-    wait_for(lambda: "task" in ran, what="the background task")
+    r = httpx.get(base + path, timeout=10)
+    assert r.status_code == 200 and r.text == body
+    wait_for(lambda: mark in ran, what=mark)
 
 
 def test_streaming_is_not_buffered_and_every_byte_is_scored(serve_asgi: Callable[[Any], str],

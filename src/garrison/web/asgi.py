@@ -257,16 +257,20 @@ class GarrisonMiddleware:
         return client
 
     async def _full(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every request :meth:`_fast_path` did not take: the full check before the app."""
-        if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                await self._websocket(scope, receive, send)
-            else:  # lifespan, and whatever else a server may add
-                await self.app(scope, receive, send)
+        """Every request :meth:`_fast_path` did not take: the full check before the app.
+
+        A WebSocket handshake takes the same check as a request (a banned, limited or moved
+        client, or one the SQL firewall finds injection in, is refused before the app sees
+        it) and is scored by its outcome; the messages of an open connection are not limited.
+        """
+        kind = scope["type"]
+        ws = kind == "websocket"
+        if kind != "http" and not ws:  # lifespan, and whatever else a server may add
+            await self.app(scope, receive, send)
             return
         eng = self.engine
         path = _path(scope)
-        if path == self._metrics_path:
+        if path == self._metrics_path and not ws:
             body = eng.metrics.render().encode()
             await _answer(send, 200, [("content-type", "text/plain; version=0.0.4")], body)
             return
@@ -278,20 +282,24 @@ class GarrisonMiddleware:
             await self.app(scope, receive, send)
             return
         client, now, decision = checked
-        if not decision.allowed:
-            await _answer(send, decision.status, decision.headers(), decision.body())
-            return
-        if self._inspect is not None and eng.sql_applies(path):
+        if decision.allowed and self._inspect is not None and eng.sql_applies(path):
+            # a handshake has no body: its path, query string and cookies are inspected
             refused, receive = await self._sql(scope, receive, dict(scope.get("headers") or ()),
                                                client, now)
             if refused is not None and not refused.allowed:
-                await _answer(send, refused.status, refused.headers(), refused.body())
-                return
+                decision = refused
+        if not decision.allowed:
+            if ws:
+                await self._refuse_handshake(scope, receive, send, decision)
+            else:
+                await _answer(send, decision.status, decision.headers(), decision.body())
+            return
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
         state["garrison"] = decision.verdict
-        watch = _Watch(send, eng, client, path, now)
+        watch: _Watch | _Handshake = (_Handshake(send, eng, client, path, now) if ws
+                                      else _Watch(send, eng, client, path, now))
         try:
             await self.app(scope, receive, watch)
         finally:
@@ -313,41 +321,6 @@ class GarrisonMiddleware:
         except Exception as exc:  # a protection layer's own bug must not take the app down
             eng.internal_error(exc)
             return None
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake, checked like a request: a banned, limited or moved client is
-        refused before the app sees it (429 or 403 with the ``websocket.http.response``
-        extension, else a close, which servers answer with 403), so is one the SQL firewall
-        finds injection in (path, query string, cookies), and the handshake's outcome is
-        scored. The messages of an open connection are not limited here."""
-        path = _path(scope)
-        if self._exempt and path.startswith(self._exempt):
-            await self.app(scope, receive, send)
-            return
-        checked = await self._check(scope)
-        if checked is None:  # the middleware failed: the handshake goes on unchecked
-            await self.app(scope, receive, send)
-            return
-        client, now, decision = checked
-        if not decision.allowed:
-            await self._refuse_handshake(scope, receive, send, decision)
-            return
-        if self._inspect is not None and self.engine.sql_applies(path):
-            # the handshake's path, query string and cookies (it has no body)
-            refused, receive = await self._sql(scope, receive, dict(scope.get("headers") or ()),
-                                               client, now)
-            if refused is not None and not refused.allowed:
-                await self._refuse_handshake(scope, receive, send, refused)
-                return
-        state = scope.get("state")
-        if state is None:
-            state = scope["state"] = {}
-        state["garrison"] = decision.verdict
-        watch = _Handshake(send, self.engine, client, path, now)
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            watch.done()
 
     async def _refuse_handshake(self, scope: Scope, receive: Receive, send: Send,
                                 decision: Decision) -> None:
