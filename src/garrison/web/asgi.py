@@ -72,10 +72,11 @@ class _Watch:
         # the spec allows is copied first.
         m: dict[str, Any] = message if isinstance(message, dict) else dict(message)
         kind = m["type"]
-        if kind == "http.response.body":
-            self.size += len(m.get("body", b""))
-        elif kind == "http.response.start":
-            self.status = int(m["status"])
+        if isinstance(kind, str):  # compiled: a str comparison, not a generic one
+            if kind == "http.response.body":
+                self.size += len(m.get("body", b""))
+            elif kind == "http.response.start":
+                self.status = int(m["status"])
         return self.send(message)
 
     def done(self) -> None:
@@ -180,7 +181,8 @@ class GarrisonMiddleware:
         """The watched ``send`` for a request admitted on the fast path (the verdict already in
         ``scope["state"]``), or None: anything else (not HTTP, the metrics or an exempt path,
         a client that is not armed, threads, the SQL firewall) takes :meth:`_full`."""
-        if scope["type"] != "http" or self._inspect is not None:
+        kind = scope["type"]
+        if not (isinstance(kind, str) and kind == "http") or self._inspect is not None:
             return None
         eng = self.engine
         if eng.threaded:
@@ -196,7 +198,9 @@ class GarrisonMiddleware:
         if decision is None:
             return None
         state = scope.get("state")
-        if state is None:
+        if isinstance(state, dict):  # as servers make it (compiled: a direct dict store)
+            state["garrison"] = decision.verdict
+        elif state is None:
             scope["state"] = {"garrison": decision.verdict}
         else:
             state["garrison"] = decision.verdict
