@@ -342,3 +342,33 @@ def test_metrics_say_how_often_redis_is_asked(make: Make) -> None:
     assert 'garrison_web_store_answers_total{by="lease"} 8' in text
     memory = WebEngine(WebOptions(bus=EventBus())).metrics.render()
     assert "garrison_web_store_answers_total" not in memory  # one source: nothing to split
+
+
+@pytest.mark.parametrize("namespace", ["lease", "défense"])  # ASCII, and not (bytes != chars)
+def test_the_pipeline_command_is_the_generic_encoding_byte_for_byte(
+        redis_server: RedisServer, namespace: str) -> None:
+    from garrison.store.redis import _resp, _resp_text
+
+    s = RedisStore(redis_server.url, POLICY, namespace=namespace, lease_ttl=5.0, lease_max=8)
+    assert s._pipe is not None  # hiredis is installed with the redis extra
+    home = Binding("s:1", "198.51.100.0/24", "ua1")
+    moved = Binding("s:2", "2001:db8::/64", "ua2", ttl=3600.0, ban=30.5, window=120.0)
+    bans = (PendingBan("ip:9", 600.0, BOT), PendingBan("s:9", 12.25, "impossible-travel"))
+    cases = [
+        (CheckRequest(T0, ("ip:1",)), (), False, None),
+        (CheckRequest(T0 + 0.123456789, ("ip:1", "s:1"), home, (), 2.5), (), True,
+         ["7.0", repr(T0 + 4.9), "3", "0", "0", "0"]),
+        (CheckRequest(T0, ("ip:2", "s:2", "key:3"), moved), bans, True, None),
+        (CheckRequest(T0, (), None), bans[:1], False, None),
+        (CheckRequest(T0, ("ip:" + "f" * 300,), Binding("s:4", "203.0.113.7")), (), True,
+         None),  # an empty agent, and a key past the table of length prefixes
+    ]
+    try:
+        for req, ban, lease, held in cases:
+            keys, argv = s._args(req, ban, lease, held)
+            args = ["EVALSHA", s._pipe.sha, str(len(keys)), *keys, *argv]
+            expected = _resp_text(args)
+            assert expected == _resp([a.encode() for a in args])
+            assert s._command(req, ban, lease, held) == expected
+    finally:
+        s.close()

@@ -416,6 +416,26 @@ def _resp_text(args: list[str]) -> bytes:
     return _resp([a.encode() for a in args])
 
 
+_LENGTHS: Final = tuple(f"${n}" for n in range(256))
+"""RESP's bulk-string length prefixes, made once."""
+
+
+def _piece(out: list[str], a: str) -> None:
+    """Append bulk string ``a`` to ``out``, pieces of a RESP text joined by CRLF (ASCII: its
+    length in characters is its byte count; anything else is re-encoded by the caller)."""
+    n = len(a)
+    out.append(_LENGTHS[n] if n < 256 else f"${n}")
+    out.append(a)
+
+
+def _chunk(args: list[str]) -> str:
+    """Bulk strings ``args`` as one piece for :func:`_piece`'s list (no final CRLF)."""
+    out: list[str] = []
+    for a in args:
+        _piece(out, a)
+    return "\r\n".join(out)
+
+
 class _Replies(asyncio.Protocol):
     """The connection's reading side: every chunk goes straight to the parser and the waiting
     futures (no reader task, no ``StreamReader`` between the socket and the replies)."""
@@ -672,6 +692,10 @@ class RedisStore(LimitStore):
             p.strike_window, p.backoff, p.offences_to_ban, p.ban, p.max_ban, p.offence_memory,
             p.idle_ttl)]
         self._wid = secrets.token_hex(6)  # this worker, in Redis's account of leases
+        # What _command renders once: the script's hash, the policy, the lease settings (with
+        # and without a lease asked for), and each binding window seen (ttl, ban, window).
+        self._c_head: tuple[str, str, str, str] | None = None
+        self._c_windows: dict[tuple[float, float, float], str] = {}
         self._pending: deque[Any] = deque(maxlen=_MAX_PENDING_BANS)
         self._pending_lock = threading.Lock()
         self.dropped_bans = 0
@@ -744,6 +768,71 @@ class RedisStore(LimitStore):
             argv += [repr(float(ban.duration)), ban.reason]
         argv += held if held is not None else ["0", "0", "0"] * len(req.identities)
         return keys, argv
+
+    def _command(self, req: CheckRequest, bans: tuple[Any, ...], lease: bool,
+                 held: list[str] | None) -> bytes:
+        """The pipeline's ``EVALSHA`` of :meth:`_args`, in RESP: the same bytes as
+        ``_resp_text(["EVALSHA", sha, numkeys, *keys, *argv])``, with what never changes (the
+        script's hash, the policy, the lease settings, a binding's window) rendered once, and
+        the rest as pieces of one ``"\\r\\n".join`` (length prefixes from a table): under
+        callgrind the generic encoding was 60k of a round trip's 180k instructions."""
+        pipe = self._pipe
+        assert pipe is not None
+        head = self._c_head
+        if head is None:
+            ttl_wid = [repr(self.lease_ttl), self._wid]
+            head = self._c_head = (
+                _chunk(["EVALSHA", pipe.sha]), _chunk(self._policy_args),
+                _chunk([str(self.lease_max), *ttl_wid]), _chunk(["0", *ttl_wid]))
+        ids = req.identities
+        b = req.binding
+        nkeys = len(bans) + len(ids) + (2 if b is not None else 0)
+        nargs = 3 + nkeys + 21 + (5 if b is not None else 0) + 2 * len(bans) + 3 * len(ids)
+        ns = self.ns
+        out = [f"*{nargs}", head[0]]
+        _piece(out, str(nkeys))
+        for ban in bans:
+            _piece(out, f"{ns}:id:{ban.identity}")
+        for ident in ids:
+            _piece(out, f"{ns}:id:{ident}")
+        if b is not None:
+            _piece(out, f"{ns}:bind:{b.session}")
+            _piece(out, f"{ns}:id:{b.session}")
+        _piece(out, repr(float(req.now)))
+        out.append(head[1])
+        cost = req.cost
+        _piece(out, "1.0" if cost == 1.0 else repr(float(cost)))
+        out.append(head[2] if lease else head[3])
+        _piece(out, str(len(bans)))
+        _piece(out, str(len(ids)))
+        if b is None:
+            out.append("$1\r\n0")
+        else:
+            window = self._c_windows.get((b.ttl, b.ban, b.window))
+            if window is None:
+                if len(self._c_windows) >= 64:
+                    self._c_windows.clear()
+                window = self._c_windows[(b.ttl, b.ban, b.window)] = _chunk(
+                    [repr(float(x)) for x in (b.ttl, b.ban, b.window)])
+            out.append("$1\r\n1")
+            _piece(out, b.group)
+            _piece(out, b.agent)
+            out.append(window)
+        for ban in bans:
+            _piece(out, repr(float(ban.duration)))
+            _piece(out, ban.reason)
+        if held is not None:
+            for h in held:
+                _piece(out, h)
+        else:
+            for _ in range(3 * len(ids)):
+                out.append("$1\r\n0")
+        out.append("")  # the final CRLF
+        text = "\r\n".join(out)
+        if text.isascii():
+            return text.encode()
+        keys, argv = self._args(req, bans, lease, held)  # lengths in bytes, not characters
+        return _resp([a.encode() for a in ["EVALSHA", pipe.sha, str(len(keys)), *keys, *argv]])
 
     def _decode(self, raw: Any) -> tuple[CheckResult, list[float], list[float], list[int]]:
         """The result, and per request identity the tokens leased (requests x cost), trust and
@@ -943,12 +1032,11 @@ class RedisStore(LimitStore):
                 self._requeue(req.bans)
                 return OPEN
             bans = self._take_bans(req)
-            keys, argv = self._args(req, bans, lease, held)
             try:
                 if self._pipe is not None:
-                    raw = await self._pipe.send(_resp_text(
-                        ["EVALSHA", self._pipe.sha, str(len(keys)), *keys, *argv]))
+                    raw = await self._pipe.send(self._command(req, bans, lease, held))
                 else:
+                    keys, argv = self._args(req, bans, lease, held)
                     raw = await asyncio.wait_for(
                         self._async_script(keys=keys, args=argv), timeout=self.timeout * 2
                     )
