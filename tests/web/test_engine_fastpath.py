@@ -55,7 +55,7 @@ def test_an_armed_client_is_answered_by_the_fast_path_and_rearmed_by_scoring() -
     client = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.9"})
     assert eng.fast(client, T0) is None  # a new client is checked in full first
     first = _decide(eng, client, T0)
-    assert first.allowed and client.ready is first
+    assert first.allowed and client.ready is first and client.verdict is first.verdict
     assert eng.fast(client, T0 + 1) is first and client.fast == 1
     rec = client.irec
     assert rec is not None
@@ -70,6 +70,7 @@ def test_an_armed_client_is_answered_by_the_fast_path_and_rearmed_by_scoring() -
     assert rec.risk is not None and rec.risk > 0.1
     ready = client.ready
     assert ready is not None and ready is not first and ready.verdict is not None
+    assert client.verdict is ready.verdict  # what the ASGI fast path hands the app
     assert ready.verdict.bot_risk is not None
     assert abs(ready.verdict.bot_risk - rec.risk) < REARM_DELTA
     assert ready.verdict.components["bot"] == 1.0 - ready.verdict.bot_risk

@@ -187,23 +187,25 @@ class GarrisonMiddleware:
         eng = self.engine
         if eng.threaded:
             return None  # the fast path then needs the lock: precheck in _full takes it
-        path = _path(scope)
+        path = scope.get("path")  # as _path() does, with the scope as a dict
+        if not isinstance(path, str) or not path:
+            path = "/"
         if path == self._metrics_path or (self._exempt and path.startswith(self._exempt)):
             return None
         client = self._client(scope)
         now = eng.clock()
         if _get_ident() != self._owner and not self._claim():
             return None
-        decision = eng.fast(client, now)
-        if decision is None:
+        if eng.fast(client, now) is None:
             return None
+        verdict = client.verdict  # the armed decision's (one object fewer to read)
         state = scope.get("state")
         if isinstance(state, dict):  # as servers make it (compiled: a direct dict store)
-            state["garrison"] = decision.verdict
+            state["garrison"] = verdict
         elif state is None:
-            scope["state"] = {"garrison": decision.verdict}
+            scope["state"] = {"garrison": verdict}
         else:
-            state["garrison"] = decision.verdict
+            state["garrison"] = verdict
         return _Watch(send, eng, client, path, now)
 
     def _claim(self) -> bool:

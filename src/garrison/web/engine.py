@@ -107,7 +107,7 @@ class Client:
 
     __slots__ = ("agent", "allowlisted", "api_key", "binding", "fast", "gen", "identities",
                  "ip", "irec", "key", "r0", "r1", "ready", "recs", "sbind", "session", "srec",
-                 "travel", "until")
+                 "travel", "until", "verdict")
 
     def __init__(self, ip: str | None, key: str | None, travel: str | None,
                  session: str | None, api_key: str | None, agent: str, allowlisted: bool,
@@ -115,6 +115,7 @@ class Client:
         # What fast() reads comes first: compiled, the fields are laid out in this order, so
         # an armed request touches one or two cache lines of its client, not three.
         self.ready: Decision | None = None
+        self.verdict: Verdict | None = None  # ready's verdict, read without touching ready
         self.until = 0.0
         self.gen = -1
         self.r0: _records.Record | None = None
@@ -507,6 +508,7 @@ class WebEngine:
         self.metrics.full_checks += 1
         if client.allowlisted:  # armed for good (until a sweep moves the generation on)
             client.ready, client.until, client.gen = PASS, _INF, self.records.gen
+            client.verdict = None
             return PASS
         if self._batch and self.threaded:
             self.drain()  # sync adapters: score what is queued first, so state is current
@@ -548,6 +550,7 @@ class WebEngine:
                 and (self._local or self._leased)
                 and len(client.recs) <= 2):  # three identities (an API key): always in full
             client.ready, client.until = decision, now + self._refresh
+            client.verdict = decision.verdict
         return decision
 
     def _admit(self, client: Client, rate_trust: float | None, now: float) -> Decision:
@@ -620,6 +623,7 @@ class WebEngine:
             client.ready = None
         else:
             client.ready = Decision(True, None, 0.0, 200, verdict)
+            client.verdict = verdict
 
     def refuse_sql(self, client: Client, finding: Any, where: str, now: float) -> Decision:
         """The decision for a request carrying SQL injection (403), with its event."""
