@@ -3,8 +3,8 @@
 A key (an IP group or a session) keeps its last :data:`HISTORY` requests in fixed-size rings
 (timestamp, path hash, status class, bytes, squared gap; see :data:`WIDTH`), so its memory is
 bounded and its counters are windowed: only requests within ``window`` seconds of the newest
-count. Computing the features is O(distinct paths) in Python for the common case (running sums
-and counts done in C), since the scorer runs after every request a server answers.
+count. Computing the features takes one pass over the ring and the running sums for the common
+case (a native loop when compiled), since the scorer runs after every request a server answers.
 
 Features, each normalised to 0..1 (risk):
 
