@@ -187,9 +187,7 @@ class GarrisonMiddleware:
         eng = self.engine
         if eng.threaded:
             return None  # the fast path then needs the lock: precheck in _full takes it
-        path = scope.get("path")  # as _path() does, with the scope as a dict
-        if not isinstance(path, str) or not path:
-            path = "/"
+        path = _path(scope)
         if path == self._metrics_path or (self._exempt and path.startswith(self._exempt)):
             return None
         client = self._client(scope)
