@@ -207,7 +207,8 @@ def main() -> None:
         + ("compiled build" if compiled() else "pure Python (no compiled build)"),
         f"- command: `.venv/bin/python benchmarks/bench_web_profile.py --duration "
         f"{args.duration} --rounds {args.rounds}"
-        + (f" --store {args.store}" if args.store != "memory" else "") + "` "
+        + (f" --store {args.store}" if args.store != "memory" else "")
+        + (f" --top {args.top}" if args.top != 25 else "") + "` "
         f"({time.monotonic() - started:.0f} s)",
         f"- uvicorn (h11, one worker, pinned to CPU 0), the raw ASGI app bare and under the "
         f"middleware (`{args.store}`), {CLIENTS:,} clients each warmed with {WARM_PASSES} "
