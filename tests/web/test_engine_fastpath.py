@@ -4,6 +4,9 @@ scoring."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from garrison.bus import EventBus
 from garrison.store.base import BAN, BOT, THROTTLE, TRAVEL, CheckRequest, LimitPolicy, PendingBan
@@ -170,6 +173,57 @@ async def test_asgi_scoring_sees_the_status_and_every_body_byte_of_the_response(
     assert rec.volume == 3 * len(b"not found")
     features = rec.features(T0 + 2, 120.0, 3, 0.0)
     assert features is not None and features.errors == 1.0  # every 404 is a client error
+
+
+async def test_a_queued_request_lets_go_of_the_servers_send() -> None:
+    """The watched ``send`` waits in the scoring batch itself; it must not keep the server's
+    per-request objects (its ``send`` and what that holds) alive until the batch is scored,
+    and a send after the app returned is refused, not passed on."""
+    import weakref
+
+    from garrison.web.asgi import GarrisonMiddleware, Message
+
+    kept: list[Any] = []
+
+    async def app(scope: object, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        kept.append(send)
+
+    class ServerSend:  # what a server's per-request send callable stands for
+        def __init__(self) -> None:
+            self.messages: list[Message] = []
+
+        async def __call__(self, message: Message) -> None:
+            self.messages.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    clock = [T0]
+    mw = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                            clock=lambda: clock[0])
+    refs = []
+    for i in range(12):  # full checks first, then armed: both paths
+        clock[0] = T0 + i * BATCH_AGE / 100  # the batch never gets old enough to be drained
+        server_send = ServerSend()
+        refs.append(weakref.ref(server_send))
+        scope = {"type": "http", "method": "GET", "path": f"/p{i % 3}",
+                 "client": ("127.0.0.1", 1),
+                 "headers": [(b"x-forwarded-for", b"198.51.100.40")]}
+        await mw(scope, receive, server_send)
+        assert len(server_send.messages) == 2
+        del server_send
+    assert mw.engine.metrics.full_checks < 12  # some went by the fast path
+    assert mw.engine._batch, "some requests still wait for scoring"
+    assert all(r() is None for r in refs)  # released although their requests wait
+    with pytest.raises(RuntimeError):
+        kept[-1]({"type": "http.response.body", "body": b"late"})
+    mw.engine.drain()
+    client = mw.engine.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.40"})
+    mw.engine.bind(client, T0)
+    assert client.irec is not None and client.irec.count == 12
+    assert client.irec.volume == 12 * len(b"ok")
 
 
 async def test_asgi_fast_and_full_paths_agree_for_any_scope_mapping() -> None:

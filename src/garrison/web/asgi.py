@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from garrison.store.base import CheckRequest
-from garrison.web.engine import Client, Decision, WebEngine
+from garrison.web.engine import Answered, Client, Decision, WebEngine
 from garrison.web.options import WebOptions
 from garrison.web.sqlfw import load_inspector, scan, wants_body
 
@@ -49,27 +49,31 @@ def _path(scope: Scope) -> str:
     return path if isinstance(path, str) and path else "/"
 
 
-class _Watch:
+def _sent(message: Message) -> Awaitable[None]:
+    raise RuntimeError("send after the app returned")
+
+
+class _Watch(Answered):
     """The server's ``send``, watched for the response's status and body size, and the
-    request's account for scoring (its client, path and time), settled by :meth:`done`.
+    request's account for scoring (its client, path and time): queued itself for scoring by
+    :meth:`done`, which lets go of the server's ``send`` first.
 
     A plain callable that returns the server's own awaitable: no coroutine of its own per
     message, which a wrapper written as ``async def`` would cost on every ``send``.
     """
 
+    __slots__ = ("engine", "send")
+
     def __init__(self, send: Send, engine: WebEngine, client: Client, path: str,
                  now: float) -> None:
+        super().__init__(client, path, 500, 0, now)
         self.send = send
-        self.status = 500
-        self.size = 0
         self.engine = engine
-        self.client = client
-        self.path = path
-        self.now = now
 
     def __call__(self, message: Message) -> Awaitable[None]:
         # A dict, as apps send them, is read with direct calls when compiled; anything else
         # the spec allows is copied first.
+        out = self.send(message)  # first: a send after the request was queued raises here
         m: dict[str, Any] = message if isinstance(message, dict) else dict(message)
         kind = m["type"]
         if isinstance(kind, str):  # compiled: a str comparison, not a generic one
@@ -77,13 +81,14 @@ class _Watch:
                 self.size += len(m.get("body", b""))
             elif kind == "http.response.start":
                 self.status = int(m["status"])
-        return self.send(message)
+        return out
 
     def done(self) -> None:
         """The app has returned: queue the request for scoring (it never breaks a response
         that already went out)."""
+        self.send = _sent  # the server's request objects are not kept until scoring
         try:
-            self.engine.after(self.client, self.path, self.status, self.size, self.now)
+            self.engine.queue(self)
         except Exception:
             log.exception("scoring failed")
 

@@ -136,6 +136,27 @@ class Client:
         self.binding: Binding | None = None  # what the store checks the session against
 
 
+class Answered:
+    """An answered request waiting in the scoring batch: its client, path, status, bytes sent
+    and arrival time (seconds). The ASGI adapter's watched ``send`` is one itself, so queueing a
+    request costs no tuple and no boxed numbers."""
+
+    __slots__ = ("client", "now", "path", "size", "status")
+
+    def __init__(self, client: Client, path: str, status: int, size: int, now: float) -> None:
+        self.client = client
+        self.path = path
+        self.status = status
+        self.size = size
+        self.now = now
+
+    def __call__(self, message: Any) -> Any:
+        """Not a ``send``: the ASGI adapter's subclass is. Defined here because compiled, a
+        class that adds ``__call__`` to a base without one gets a broken call slot (a crash
+        on the first call), so the base lays it out."""
+        raise TypeError("an answered request is not a send")
+
+
 class Decision(NamedTuple):
     """What to do with a request. ``retry_after`` in seconds; ``status`` 429 or 403 if refused."""
 
@@ -263,7 +284,7 @@ class WebEngine:
         self._refresh = min(REFRESH if o.reputation is None else REPUTATION_REFRESH,
                             policy.idle_ttl / 2, o.travel_session_ttl / 2)
         self._pending: list[PendingBan] = []
-        self._batch: list[tuple[Client, str, int, int, float]] = []
+        self._batch: list[Answered] = []
         self._timer = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ip_weights = dict(o.ip_weights)
@@ -657,7 +678,11 @@ class WebEngine:
 
     # -- 3. after the response -------------------------------------------------------------
     def after(self, client: Client, path: str, status: int, size: int, now: float) -> None:
-        """Queue the answered request for scoring; score the queue when it is full or old.
+        """Queue the answered request for scoring (see :meth:`queue`)."""
+        self.queue(Answered(client, path, status, size, now))
+
+    def queue(self, answered: Answered) -> None:
+        """Queue an answered request for scoring; score the queue when it is full or old.
 
         Scoring runs in batches (:data:`BATCH` requests, or :data:`BATCH_AGE` seconds after the
         first one; under asyncio a timer drains a batch that traffic leaves behind). One hot
@@ -666,8 +691,8 @@ class WebEngine:
         price is that a bot's ban can come up to one batch later.
         """
         batch = self._batch
-        batch.append((client, path, status, size, now))
-        if len(batch) >= BATCH or now - batch[0][4] >= BATCH_AGE:
+        batch.append(answered)
+        if len(batch) >= BATCH or answered.now - batch[0].now >= BATCH_AGE:
             self.drain()
         elif len(batch) == 1 and not self._timer:
             try:
@@ -696,7 +721,7 @@ class WebEngine:
         if self._pending and not self._local:
             self._flush_bans()
 
-    def _score(self, batch: list[tuple[Client, str, int, int, float]]) -> list[Event]:
+    def _score(self, batch: list[Answered]) -> list[Event]:
         """Score a batch of answered requests (caller holds the lock); the events to emit.
 
         Per request, in one loop (the scorer's code and data stay in the CPU caches for the
@@ -717,7 +742,9 @@ class WebEngine:
         hot_ip, hot_s = HOT * threshold, HOT * s_threshold
         ip_w, s_w = self._ip_w, self._s_w
         events: list[Event] = []
-        for client, path, status, size, now in batch:
+        for answered in batch:
+            client, path, now = answered.client, answered.path, answered.now
+            status, size = answered.status, answered.size
             try:
                 if client.allowlisted:
                     continue
