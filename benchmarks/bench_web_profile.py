@@ -35,12 +35,14 @@ from pathlib import Path
 from bench_web import (
     APP,
     CLIENTS,
+    LOAD_CPUS,
     ROOT,
     WARM_PASSES,
     Server,
     Variant,
     compiled,
     parse_wrk,
+    pin,
     prepare,
     start,
     wrk,
@@ -121,7 +123,8 @@ def profile(server: Server, workdir: Path, duration: int, out: Path) -> int:
 def count_calls(server: Server, workdir: Path, calls: Path) -> dict[str, float]:
     """Python-level calls per request over 2 s of load (requests: calls of the bare app)."""
     load = subprocess.Popen(["wrk", "-t1", "-c32", "-d6s", "-s", str(workdir / "clients.lua"),
-                             server.url], stdout=subprocess.DEVNULL)
+                             server.url], stdout=subprocess.DEVNULL,
+                            preexec_fn=lambda: pin(0, LOAD_CPUS))
     try:
         time.sleep(2)
         os.kill(server.proc.pid, signal.SIGUSR1)
@@ -170,10 +173,8 @@ def main() -> None:
                 os.environ["BENCH_CALLS"] = str(workdir / f"calls-{v.name}.txt")
                 servers.append(start(v, redis_url, workdir))
             os.environ.pop("BENCH_CALLS")
-            for s in servers:
-                subprocess.run(["wrk", "-t1", "-c32", "-d1800s", "-s",
-                                str(workdir / "warm.lua"), s.url],
-                               check=True, capture_output=True, timeout=1900)
+            for s in servers:  # each client min_requests times (the script stops by itself)
+                wrk(s.url, workdir / "warm.lua", 900, 32)
             for rnd in range(args.rounds):  # in turns, so drift hits both alike
                 for s in servers:
                     data = workdir / f"{s.variant.name}-{rnd}.data"

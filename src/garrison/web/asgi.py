@@ -50,6 +50,7 @@ def _path(scope: Scope) -> str:
 
 
 def _sent(message: Message) -> Awaitable[None]:
+    """A queued request's ``send``: the response is over, nothing more may go out."""
     raise RuntimeError("send after the app returned")
 
 
