@@ -132,6 +132,7 @@ class Variant:
     name: str
     store: str  # "memory", "redis" or "" (no Garrison)
     pure: bool = False
+    src: str = ""  # a folder to import garrison from instead of this checkout (PYTHONPATH)
 
     @property
     def key(self) -> str:
@@ -225,6 +226,8 @@ def start(v: Variant, redis_url: str, workdir: Path) -> Server:
     env.pop("GARRISON_PURE", None)
     if v.pure:
         env["GARRISON_PURE"] = "1"
+    if v.src:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (v.src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
         [sys.executable, "-W", "ignore", "-m", "uvicorn", "benchapp:app", "--app-dir",
          str(workdir), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",

@@ -10,6 +10,12 @@ its leases cover fewer requests than in a server of its own: the Redis ratio her
 bound. Written to ``docs/benchmarks/web-paired.md``.
 
 Run: ``.venv/bin/python benchmarks/bench_web_paired.py [--duration 6] [--rounds 5]``.
+
+``--against DIR`` pairs each variant with the same variant of another build of garrison instead
+of the bare app (``DIR`` is put first on the server's ``PYTHONPATH``; make it with
+``git worktree add /tmp/old REV && pip install --no-deps --target /tmp/oldlib /tmp/old``): the
+ratio is then what a change saves or costs, measured in one run, where sequential runs on this
+kind of machine differ by more than most changes do.
 """
 
 from __future__ import annotations
@@ -70,10 +76,13 @@ class Round:
     redis: float
 
 
-def pair(v: Variant, redis_url: str, workdir: Path, rounds: int, duration: int) -> list[Round]:
-    """The rounds of ``v`` against the bare app of its own framework."""
-    servers = [start(Variant(v.framework, "bare", ""), redis_url, workdir),
-               start(v, redis_url, workdir)]
+def pair(v: Variant, redis_url: str, workdir: Path, rounds: int, duration: int,
+         against: str = "") -> list[Round]:
+    """The rounds of ``v`` against the bare app of its own framework, or against ``v`` built
+    from ``against`` (a folder garrison is imported from) when that is given."""
+    base = (Variant(v.framework, v.name, v.store, v.pure, against) if against
+            else Variant(v.framework, "bare", ""))
+    servers = [start(base, redis_url, workdir), start(v, redis_url, workdir)]
     out: list[Round] = []
     try:
         for w in [_wrk(s.url, workdir / "warm.lua", 900) for s in servers]:
@@ -113,6 +122,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-paired.md"))
     ap.add_argument("--only", nargs="+", metavar="APP/VARIANT",
                     help="run only these rows, e.g. asgi/redis (for a longer run of a few)")
+    ap.add_argument("--against", metavar="DIR", default="",
+                    help="pair with the same variant imported from DIR, not the bare app")
     args = ap.parse_args()
     if not PINNED:
         raise SystemExit("needs two CPUs: both servers on one, their load on the other")
@@ -136,7 +147,8 @@ def main() -> None:
         redis_proc, redis_url = prepare(workdir)
         try:
             for v in chosen:
-                results[v.key] = pair(v, redis_url, workdir, args.rounds, args.duration)
+                results[v.key] = pair(v, redis_url, workdir, args.rounds, args.duration,
+                                      args.against)
         finally:
             redis_proc.kill()
             redis_proc.wait()
@@ -146,7 +158,11 @@ def main() -> None:
         f"- machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}",
         f"- command: `.venv/bin/python benchmarks/bench_web_paired.py --duration "
         f"{args.duration} --rounds {args.rounds}"
-        + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "") + "`",
+        + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
+        + (f" --against {args.against}" if args.against else "") + "`",
+        *([f"- **against another build**: the `bare` columns below are the same variant "
+           f"with garrison imported from `{args.against}`; a ratio above 1 means this "
+           f"checkout costs less CPU per request"] if args.against else []),
         "- each variant paired with the bare app of its own framework (`asgi`: a plain ASGI "
         "callable, the harshest baseline; `starlette`, `fastapi`: a one-route app), "
         "served at the same time by two uvicorn processes "

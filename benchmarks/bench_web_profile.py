@@ -49,6 +49,7 @@ from bench_web import (
 )
 from machine import cpu_model
 
+APPS = {"asgi": "raw ASGI app", "starlette": "Starlette app", "fastapi": "FastAPI app"}
 FREQ = 2000  # samples per second of CPU time
 # Appended to the benchmark app: SIGUSR1 starts counting Python-level calls in the server's
 # main thread (the event loop's), SIGUSR2 stops and writes the counts to BENCH_CALLS.
@@ -121,7 +122,7 @@ def profile(server: Server, workdir: Path, duration: int, out: Path) -> int:
 
 
 def count_calls(server: Server, workdir: Path, calls: Path) -> dict[str, float]:
-    """Python-level calls per request over 2 s of load (requests: calls of the bare app)."""
+    """Python-level calls per request over 2 s of load (requests: calls of the app's handler)."""
     load = subprocess.Popen(["wrk", "-t1", "-c32", "-d6s", "-s", str(workdir / "clients.lua"),
                              server.url], stdout=subprocess.DEVNULL,
                             preexec_fn=lambda: pin(0, LOAD_CPUS))
@@ -139,7 +140,8 @@ def count_calls(server: Server, workdir: Path, calls: Path) -> dict[str, float]:
     for line in calls.read_text().splitlines():
         n, name = line.split("\t", 1)
         counts[name] = int(n)
-    requests = counts.get("benchapp.py:bare", 0)
+    # the app's handler runs once per request: bare (raw ASGI), home (Starlette), index (FastAPI)
+    requests = max(counts.get(f"benchapp.py:{n}", 0) for n in ("bare", "home", "index"))
     if not requests:
         raise SystemExit("no requests counted (the app never ran while counting)")
     return {name: n / requests for name, n in counts.items()}
@@ -150,6 +152,8 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=8, help="seconds per sampled turn")
     ap.add_argument("--rounds", type=int, default=3, help="turns per server")
     ap.add_argument("--store", choices=("memory", "redis"), default="memory")
+    ap.add_argument("--framework", choices=("asgi", "starlette", "fastapi"), default="asgi",
+                    help="the app under the middleware (as in bench_web.py)")
     ap.add_argument("--top", type=int, default=25, help="functions listed")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-profile.md"))
     args = ap.parse_args()
@@ -157,8 +161,8 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found (scripts/setup --tests installs it)")
     started = time.monotonic()
-    mw = Variant("asgi", args.store, args.store)
-    chosen = [Variant("asgi", "bare", ""), mw]
+    mw = Variant(args.framework, args.store, args.store)
+    chosen = [Variant(args.framework, "bare", ""), mw]
     samples: dict[str, collections.Counter[tuple[str, str]]] = {
         v.name: collections.Counter() for v in chosen}
     requests = {v.name: 0 for v in chosen}
@@ -209,12 +213,14 @@ def main() -> None:
         f"- command: `.venv/bin/python benchmarks/bench_web_profile.py --duration "
         f"{args.duration} --rounds {args.rounds}"
         + (f" --store {args.store}" if args.store != "memory" else "")
+        + (f" --framework {args.framework}" if args.framework != "asgi" else "")
         + (f" --top {args.top}" if args.top != 25 else "") + "` "
         f"({time.monotonic() - started:.0f} s)",
-        f"- uvicorn (h11, one worker, pinned to CPU 0), the raw ASGI app bare and under the "
-        f"middleware (`{args.store}`), {CLIENTS:,} clients each warmed with {WARM_PASSES} "
-        f"requests, then in turns {args.rounds} x {args.duration} s of `wrk -t1 -c32` each, "
-        f"sampled with `perf record -e cpu-clock -F {FREQ}`: {requests['bare']:,} and "
+        f"- uvicorn (h11, one worker, pinned to CPU 0), the {APPS[args.framework]} bare and "
+        f"under the middleware (`{args.store}`), {CLIENTS:,} clients each warmed with "
+        f"{WARM_PASSES} requests, then in turns {args.rounds} x {args.duration} s of "
+        f"`wrk -t1 -c32` each, sampled with `perf record -e cpu-clock -F {FREQ}`: "
+        f"{requests['bare']:,} and "
         f"{requests[mw.name]:,} requests sampled",
         f"- CPU time per request from the samples (one sample = 1/{FREQ} s of CPU). In a "
         "virtual machine the kernel's share includes where interrupts (the sampling's own) are "
