@@ -126,6 +126,34 @@ def test_scoring_is_batched_and_drained_by_count_and_age() -> None:
     assert rec.count == BATCH + 2
 
 
+def test_the_batch_reuses_its_slots_and_keeps_nothing_after_scoring() -> None:
+    """Queueing a request fills a slot of a fixed set (two sets, swapped by a drain); scoring
+    empties every slot it reads, so the batch holds no client and no request's string once a
+    batch is scored, and a path is kept as one shared object, not each request's copy."""
+    eng = _engine()
+    client = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.12"})
+    _decide(eng, client, T0)
+    slots = {id(s) for s in eng._batch} | {id(s) for s in eng._spare}
+    first = "".join(["/pa", "ge"])  # built at run time: equal strings, distinct objects
+    for _ in range(3):
+        for _ in range(BATCH):
+            eng.after(client, "".join(["/pa", "ge"]), 200, 100, T0)
+        assert eng.queued == 0  # each full batch was scored at once
+        for slot in (*eng._batch, *eng._spare):
+            assert slot.client is None and slot.path is None
+    assert {id(s) for s in eng._batch} | {id(s) for s in eng._spare} == slots  # no new slots
+    eng.after(client, first, 404, 5, T0 + 1)
+    eng.after(client, "".join(["/pa", "ge"]), 200, 5, T0 + 1)
+    assert eng.queued == 2
+    a, b = eng._batch[0], eng._batch[1]
+    assert a.client is client and a.status == 404 and a.size == 5
+    assert a.path is b.path and a.path is not None and a.path.text == "/page"
+    assert a.path.text is not first  # the path the cache met first, shared
+    eng.drain()
+    assert eng.queued == 0 and eng._spare[0].client is None
+    assert client.irec is not None and client.irec.count == 3 * BATCH + 2
+
+
 async def test_a_partial_batch_is_drained_by_a_timer_under_asyncio() -> None:
     eng = _engine()
     client = eng.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.11"})
@@ -215,7 +243,7 @@ async def test_a_queued_request_lets_go_of_the_servers_send() -> None:
         assert len(server_send.messages) == 2
         del server_send
     assert mw.engine.metrics.full_checks < 12  # some went by the fast path
-    assert mw.engine._batch, "some requests still wait for scoring"
+    assert mw.engine.queued, "some requests still wait for scoring"
     assert all(r() is None for r in refs)  # released although their requests wait
     with pytest.raises(RuntimeError):
         kept[-1]({"type": "http.response.body", "body": b"late"})

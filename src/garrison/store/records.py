@@ -32,12 +32,13 @@ class Record(History):
     lapses (with Redis: until when this worker may take it as confirmed), ``bseen`` its last
     request. Redis leases: ``ltok`` requests (in cost units) this worker may still admit on its
     own until ``luntil``, ``lseq`` Redis's number of the grant. Scoring: the :class:`History`
-    ring, ``risk`` (None: not judged yet), ``since`` requests since the last scoring,
+    ring, ``score`` the last risk 0..1 (-1.0: not judged yet; :attr:`risk` gives it as
+    ``float | None``), ``since`` requests since the last scoring,
     ``reported`` when the last ``bot-blocked`` event about it went out.
     """
 
     __slots__ = ("bagent", "ban_until", "bexp", "bgroup", "bseen", "expires", "lseq", "ltok",
-                 "luntil", "offences", "reason", "reported", "risk", "since", "strikes", "tat",
+                 "luntil", "offences", "reason", "reported", "score", "since", "strikes", "tat",
                  "trust", "wstart")
 
     def __init__(self, trust: float) -> None:
@@ -49,7 +50,9 @@ class Record(History):
         self.clear()
         # Compiled, fields are laid out in the order first assigned (the History ring first):
         # scoring's counters next to the ring's, then what the fast path reads, together.
-        self.risk: float | None = None
+        # a plain float, not float | None: scoring reads it on every request, and a boxed
+        # float is one more object (and cache miss) per record
+        self.score = -1.0
         self.since = 0
         self.tat = 0.0
         self.trust = trust
@@ -67,6 +70,16 @@ class Record(History):
         self.reason = ""
         self.lseq = 0
         self.reported = -1e18
+
+
+    @property
+    def risk(self) -> float | None:
+        """The last risk 0..1 scoring found, None before it judged this identity."""
+        return None if self.score < 0.0 else self.score
+
+    @risk.setter
+    def risk(self, value: float | None) -> None:
+        self.score = -1.0 if value is None else value
 
 
 class RecordTable:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from garrison.store.base import CheckRequest
-from garrison.web.engine import Answered, Client, Decision, WebEngine
+from garrison.web.engine import Client, Decision, WebEngine
 from garrison.web.options import WebOptions
 from garrison.web.sqlfw import load_inspector, scan, wants_body
 
@@ -54,21 +54,25 @@ def _sent(message: Message) -> Awaitable[None]:
     raise RuntimeError("send after the app returned")
 
 
-class _Watch(Answered):
-    """The server's ``send``, watched for the response's status and body size, and the
-    request's account for scoring (its client, path and time): queued itself for scoring by
-    :meth:`done`, which lets go of the server's ``send`` first.
+class _Watch:
+    """The server's ``send``, watched for the response's status and body size; with the
+    request's client, path and time, queued for scoring by :meth:`done`, which lets go of the
+    server's ``send`` first.
 
     A plain callable that returns the server's own awaitable: no coroutine of its own per
     message, which a wrapper written as ``async def`` would cost on every ``send``.
     """
 
-    __slots__ = ("engine", "send")
+    __slots__ = ("client", "engine", "now", "path", "send", "size", "status")
 
     def __init__(self, send: Send, engine: WebEngine, client: Client, path: str,
                  now: float) -> None:
-        super().__init__(client, path, 500, 0, now)
         self.send = send
+        self.status = 500  # the app never started a response: the server's error
+        self.size = 0
+        self.client = client
+        self.path = path
+        self.now = now
         self.engine = engine
 
     def __call__(self, message: Message) -> Awaitable[None]:
@@ -87,9 +91,9 @@ class _Watch(Answered):
     def done(self) -> None:
         """The app has returned: queue the request for scoring (it never breaks a response
         that already went out)."""
-        self.send = _sent  # the server's request objects are not kept until scoring
+        self.send = _sent  # nothing more may go out, and the server's objects are let go
         try:
-            self.engine.queue(self)
+            self.engine.after(self.client, self.path, self.status, self.size, self.now)
         except Exception:
             log.exception("scoring failed")
 

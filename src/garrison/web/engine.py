@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -136,25 +137,36 @@ class Client:
         self.binding: Binding | None = None  # what the store checks the session against
 
 
+class PathInfo:
+    """A request path as scoring keeps it: the text and its :func:`path_hash`, one shared
+    object per distinct path (see :meth:`WebEngine.after`)."""
+
+    __slots__ = ("h", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.h = path_hash(text)
+
+
 class Answered:
-    """An answered request waiting in the scoring batch: its client, path, status, bytes sent
-    and arrival time (seconds). The ASGI adapter's watched ``send`` is one itself, so queueing a
-    request costs no tuple and no boxed numbers."""
+    """A slot of the scoring batch: an answered request's client, path, status, bytes sent and
+    arrival time (seconds); ``client`` None when the slot is free.
+
+    Slots are reused, batch after batch (the engine keeps two sets and :meth:`WebEngine.drain`
+    swaps them), and scoring empties each slot as it reads it. So queueing a request allocates
+    nothing, and nothing a request leaves behind is freed a batch later: an object freed
+    when it has gone cold (its memory and its allocator page out of the CPU caches) cost more
+    than anything else the batch did per request.
+    """
 
     __slots__ = ("client", "now", "path", "size", "status")
 
-    def __init__(self, client: Client, path: str, status: int, size: int, now: float) -> None:
-        self.client = client
-        self.path = path
-        self.status = status
-        self.size = size
-        self.now = now
-
-    def __call__(self, message: Any) -> Any:
-        """Not a ``send``: the ASGI adapter's subclass is. Defined here because compiled, a
-        class that adds ``__call__`` to a base without one gets a broken call slot (a crash
-        on the first call), so the base lays it out."""
-        raise TypeError("an answered request is not a send")
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.path: PathInfo | None = None
+        self.status = 0
+        self.size = 0
+        self.now = 0.0
 
 
 class Decision(NamedTuple):
@@ -203,17 +215,15 @@ def _note(rec: _records.Record, now: float, path: int, cls: int, size: int, hot:
           min_span: float) -> Measure | None:
     """Add an answered request to ``rec``'s history and re-score it when due: every
     :data:`SCORE_EVERY` requests, at ``min_requests``, and on every request once its risk is
-    past ``hot``. Re-scoring sets ``rec.risk`` and resets ``rec.since`` to 0; returns the
+    past ``hot``. Re-scoring sets ``rec.score`` and resets ``rec.since`` to 0; returns the
     features it measured (None when not re-scored or not enough history)."""
     rec.note(now, path, cls, size)
     rec.since += 1
-    risk = rec.risk
-    if not (rec.since >= SCORE_EVERY or rec.count == min_requests
-            or (risk is not None and risk >= hot)):
-        return None
+    if not (rec.since >= SCORE_EVERY or rec.count == min_requests or rec.score >= hot):
+        return None  # (score is -1.0 before the first judgement, below any hot: 0..1)
     rec.since = 0
     feat = rec.measure(now, window, min_requests, min_span)
-    rec.risk = weighted_risk(feat, weights) if feat is not None else None
+    rec.score = weighted_risk(feat, weights) if feat is not None else -1.0
     return feat
 
 
@@ -284,14 +294,18 @@ class WebEngine:
         self._refresh = min(REFRESH if o.reputation is None else REPUTATION_REFRESH,
                             policy.idle_ttl / 2, o.travel_session_ttl / 2)
         self._pending: list[PendingBan] = []
-        self._batch: list[Answered] = []
+        self._batch = [Answered() for _ in range(BATCH)]  # the slots being filled
+        self._spare = [Answered() for _ in range(BATCH)]  # the slots of the last drain
+        self.queued = 0
+        """Requests waiting in the batch for scoring."""
+        self._first = 0.0  # when the batch's first request came
         self._timer = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ip_weights = dict(o.ip_weights)
         self._session_weights = dict(o.session_weights)
         self._ip_w = weight_vector(self._ip_weights)
         self._s_w = weight_vector(self._session_weights)
-        self._paths: dict[str, int] = {}
+        self._paths: dict[str, PathInfo] = {}
         self.metrics = WebMetrics()
         self.metrics.gauges = {"ip": lambda: self._count("ip:"),
                                "session": lambda: self._count("s:")}
@@ -374,7 +388,7 @@ class WebEngine:
         api_raw = headers.get(o.api_key_header.lower()) if o.api_key_header else None
         agent = ""
         if o.bind_user_agent:
-            agent = _hash("", headers.get(USER_AGENT, ""))
+            agent = sys.intern(_hash("", headers.get(USER_AGENT, "")))  # as travel groups
         session = _hash("s:", session_raw) if session_raw else None
         api_key = _hash("k:", api_raw) if api_raw else None
         key = where[1]
@@ -408,7 +422,9 @@ class WebEngine:
         else:
             where = (
                 str(ip), "ip:" + self.addresses.group(ip),
-                self.addresses.travel_group(ip, o.travel_tolerance)
+                # interned: clients of one group share one string, so the fast path's
+                # binding check is an identity test, not a read of two cold strings
+                sys.intern(self.addresses.travel_group(ip, o.travel_tolerance))
                 if o.travel_tolerance != "off" else None,
                 self._allowlisted(ip),
             )
@@ -531,7 +547,7 @@ class WebEngine:
             client.ready, client.until, client.gen = PASS, _INF, self.records.gen
             client.verdict = None
             return PASS
-        if self._batch and self.threaded:
+        if self.queued and self.threaded:
             self.drain()  # sync adapters: score what is queued first, so state is current
         if client.gen != self.records.gen:
             self.bind(client, now)
@@ -678,10 +694,6 @@ class WebEngine:
 
     # -- 3. after the response -------------------------------------------------------------
     def after(self, client: Client, path: str, status: int, size: int, now: float) -> None:
-        """Queue the answered request for scoring (see :meth:`queue`)."""
-        self.queue(Answered(client, path, status, size, now))
-
-    def queue(self, answered: Answered) -> None:
         """Queue an answered request for scoring; score the queue when it is full or old.
 
         Scoring runs in batches (:data:`BATCH` requests, or :data:`BATCH_AGE` seconds after the
@@ -690,17 +702,46 @@ class WebEngine:
         which evicts the scorer's code and data from the CPU caches between requests. The
         price is that a bot's ban can come up to one batch later.
         """
-        batch = self._batch
-        batch.append(answered)
-        if len(batch) >= BATCH or answered.now - batch[0].now >= BATCH_AGE:
+        paths = self._paths
+        info = paths.get(path)
+        if info is None:  # a path not seen lately; the request's own string is let go hot
+            if len(paths) >= _CACHE:
+                paths.clear()
+            info = paths[path] = PathInfo(path)
+        if self.threaded:
+            with self._lock:
+                n = self._put(client, info, status, size, now)
+        else:
+            n = self._put(client, info, status, size, now)
+        if n >= BATCH or now - self._first >= BATCH_AGE:
             self.drain()
-        elif len(batch) == 1 and not self._timer:
+        elif n == 1 and not self._timer:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return  # no event loop (WSGI, Django): the next request drains it
             self._timer = True
             loop.call_later(BATCH_AGE, self._drain_timer)
+
+    def _put(self, client: Client, info: PathInfo, status: int, size: int,
+             now: float) -> int:
+        """Fill the next free slot of the batch; the requests now queued."""
+        n = self.queued
+        batch = self._batch
+        if n < len(batch):
+            slot = batch[n]
+        else:  # only if a drain failed: the batch grows rather than lose a request
+            slot = Answered()
+            batch.append(slot)
+        slot.client = client
+        slot.path = info
+        slot.status = status
+        slot.size = size
+        slot.now = now
+        if n == 0:
+            self._first = now
+        self.queued = n + 1
+        return n + 1
 
     def _drain_timer(self) -> None:
         self._timer = False
@@ -709,20 +750,24 @@ class WebEngine:
     def drain(self) -> None:
         """Score every queued request now (see :meth:`_score`)."""
         with self._lock:
-            batch, self._batch = self._batch, []
-            if not batch:
+            n = self.queued
+            if not n:
                 return
+            batch = self._batch
+            self._batch, self._spare = self._spare, batch
+            self.queued = 0
             t0 = time.perf_counter()
-            events = self._score(batch)
-        self.metrics.requests += len(batch)
-        self.metrics.scoring(time.perf_counter() - t0, len(batch))
+            events = self._score(batch, n)
+        self.metrics.requests += n
+        self.metrics.scoring(time.perf_counter() - t0, n)
         for event in events:
             self._emit(event)
         if self._pending and not self._local:
             self._flush_bans()
 
-    def _score(self, batch: list[Answered]) -> list[Event]:
-        """Score a batch of answered requests (caller holds the lock); the events to emit.
+    def _score(self, batch: list[Answered], n: int) -> list[Event]:
+        """Score the first ``n`` slots of ``batch`` (caller holds the lock), emptying them; the
+        events to emit.
 
         Per request, in one loop (the scorer's code and data stay in the CPU caches for the
         whole batch): the limiter's bookkeeping the fast path left (trust gain per admitted
@@ -733,7 +778,6 @@ class WebEngine:
         o = self.options
         table = self.records
         mem = self._mem
-        paths = self._paths
         retain = self._retain
         gain = self._gain
         bind_ttl = o.travel_session_ttl
@@ -742,26 +786,27 @@ class WebEngine:
         hot_ip, hot_s = HOT * threshold, HOT * s_threshold
         ip_w, s_w = self._ip_w, self._s_w
         events: list[Event] = []
-        for answered in batch:
-            client, path, now = answered.client, answered.path, answered.now
-            status, size = answered.status, answered.size
+        for i in range(n):
+            slot = batch[i]
+            client, info = slot.client, slot.path
+            now, status, size = slot.now, slot.status, slot.size
+            slot.client = slot.path = None  # let go here, where they are in the caches
+            if client is None or info is None:
+                continue
+            path = info.text
             try:
                 if client.allowlisted:
                     continue
-                h = paths.get(path)
-                if h is None:
-                    if len(paths) >= _CACHE:
-                        paths.clear()
-                    h = paths[path] = path_hash(path)  # one int object per path, shared
+                h = info.h
                 cls = 0 if status < 400 else 1 if status < 500 else 2
                 if client.gen != table.gen:
                     self._bind(client, now)
                 keep = now + retain
-                n = client.fast if mem is not None else 0  # trust Redis keeps there
+                owed = client.fast if mem is not None else 0  # trust Redis keeps there
                 client.fast = 0
                 for rec in client.recs:
-                    if n:
-                        t = rec.trust + gain * n
+                    if owed:
+                        t = rec.trust + gain * owed
                         rec.trust = t if t < 1.0 else 1.0
                     if rec.offences and mem is not None:
                         mem.touch(rec, now)
@@ -774,44 +819,47 @@ class WebEngine:
                     if sb.expires < sb.bexp:
                         sb.expires = sb.bexp
                 changed = False
-                ip_risk = sess_risk = None
+                # risks as plain floats, -1.0 for "not judged" (Record.score): no boxed floats
+                ip_risk = sess_risk = -1.0
                 ip_feat = sess_feat = None
                 st = client.irec
                 if st is not None:
                     ip_feat = _note(st, now, h, cls, size, hot_ip, ip_w, window, min_requests,
                                     min_span)
                     changed = st.since == 0
-                    ip_risk = st.risk
+                    ip_risk = st.score
                 ss = client.srec
                 if ss is not None:
                     sess_feat = _note(ss, now, h, cls, size, hot_s, s_w, window, min_requests,
                                       min_span)
                     changed = changed or ss.since == 0
-                    sess_risk = ss.risk
+                    sess_risk = ss.score
                 if changed and client.ready is not None:
                     # re-arm with the new risk when it moved enough to matter (the verdict's
                     # bot risk is then at most REARM_DELTA stale, or REFRESH seconds old)
-                    bot = ip_risk if sess_risk is None or (
-                        ip_risk is not None and ip_risk > sess_risk) else sess_risk
+                    bot = ip_risk if ip_risk > sess_risk else sess_risk
                     verdict = client.ready.verdict
-                    was = verdict.bot_risk if verdict is not None else None
-                    if (bot is None) != (was is None) or (
-                            bot is not None and was is not None
+                    was_risk = verdict.bot_risk if verdict is not None else None
+                    was = -1.0 if was_risk is None else was_risk
+                    if (bot < 0.0) != (was < 0.0) or (
+                            bot >= 0.0 and was >= 0.0
                             and (bot - was >= REARM_DELTA or was - bot >= REARM_DELTA)):
                         self._rearm(client, now)
-                if ip_risk is None:
+                if ip_risk < 0.0:
                     final = sess_risk
-                elif sess_risk is None:
+                elif sess_risk < 0.0:
                     final = ip_risk
                 else:
                     final = (ip_risk + sess_risk) / 2.0
-                if final is None:
+                if final < 0.0:
                     continue  # nothing judged yet (a new key): no ban to consider
                 if ip_feat is not None and final < threshold:
                     self._learn_baseline(ip_feat[5])  # requests per minute
                 if (final >= (o.threshold_for(path) if routes else threshold)
-                        or (sess_risk is not None and sess_risk >= s_threshold)):
-                    event = self._judge(client, path, now, final, ip_risk, sess_risk,
+                        or (sess_risk >= 0.0 and sess_risk >= s_threshold)):
+                    event = self._judge(client, path, now, final,
+                                        ip_risk if ip_risk >= 0.0 else None,
+                                        sess_risk if sess_risk >= 0.0 else None,
                                         ip_feat, sess_feat)
                     if event is not None:
                         events.append(event)
