@@ -254,6 +254,46 @@ async def test_a_queued_request_lets_go_of_the_servers_send() -> None:
     assert client.irec.volume == 12 * len(b"ok")
 
 
+async def test_asgi_watching_forwards_what_the_server_would_refuse_and_never_raises() -> None:
+    """A response the server would refuse (a status given as text, a body that is not bytes)
+    reaches the server as the app sent it; the middleware adds no error of its own and
+    scores the status it can read (a number as text), else 500."""
+    import warnings
+
+    from garrison.web.asgi import GarrisonMiddleware, Message
+    from garrison.web.behaviour import WIDTH
+
+    statuses = iter(["404", "teapot", 201])
+
+    async def app(scope: object, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": next(statuses), "headers": []})
+        await send({"type": "http.response.body", "body": "not bytes"})
+
+    got: list[Message] = []
+
+    async def server_send(message: Message) -> None:
+        got.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    mw = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                            clock=lambda: T0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a never-awaited send would warn
+        for _ in range(3):
+            await mw({"type": "http", "method": "GET", "path": "/", "client": ("127.0.0.1", 1),
+                      "headers": [(b"x-forwarded-for", b"198.51.100.41")]}, receive, server_send)
+    assert [m.get("status") for m in got[::2]] == ["404", "teapot", 201]
+    assert all(m["body"] == "not bytes" for m in got[1::2])
+    mw.engine.drain()
+    client = mw.engine.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.41"})
+    mw.engine.bind(client, T0)
+    rec = client.irec
+    assert rec is not None and rec.count == 3 and rec.volume == 0
+    assert [rec._ring[WIDTH * i + 3] for i in range(3)] == [1.0, 2.0, 0.0]  # 4xx, 5xx, 2xx
+
+
 async def test_asgi_fast_and_full_paths_agree_for_any_scope_mapping() -> None:
     """A plain dict scope is decided on the fast path, any other mapping (allowed by ASGI in
     principle) on the full path; both see the same limit, verdict and scoring."""

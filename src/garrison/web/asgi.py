@@ -49,6 +49,15 @@ def _path(scope: Scope) -> str:
     return path if isinstance(path, str) and path else "/"
 
 
+def _status(value: Any) -> int:
+    """A response status the app gave as something other than an int: its number, else 500
+    (the server will refuse the response; scoring counts it as the server's error)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 500
+
+
 def _sent(message: Message) -> Awaitable[None]:
     """A queued request's ``send``: the response is over, nothing more may go out."""
     raise RuntimeError("send after the app returned")
@@ -77,15 +86,20 @@ class _Watch:
 
     def __call__(self, message: Message) -> Awaitable[None]:
         # A dict, as apps send them, is read with direct calls when compiled; anything else
-        # the spec allows is copied first.
+        # the spec allows is copied first. Watching never raises: a message the server would
+        # refuse (no type, a body that is not bytes, a status that is not a number) goes to the
+        # server as it is, which answers it as it would without the middleware.
         out = self.send(message)  # first: a send after the request was queued raises here
         m: dict[str, Any] = message if isinstance(message, dict) else dict(message)
-        kind = m["type"]
+        kind = m.get("type")
         if isinstance(kind, str):  # compiled: a str comparison, not a generic one
             if kind == "http.response.body":
-                self.size += len(m.get("body", b""))
+                body = m.get("body", b"")
+                if isinstance(body, (bytes, bytearray)):
+                    self.size += len(body)
             elif kind == "http.response.start":
-                self.status = int(m["status"])
+                status = m.get("status")
+                self.status = status if isinstance(status, int) else _status(status)
         return out
 
     def done(self) -> None:
