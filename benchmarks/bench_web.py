@@ -39,7 +39,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py (the script's folder)
+from machine import cpu_model, write_report  # benchmarks/machine.py (the script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 10_000
@@ -476,11 +476,7 @@ def main() -> None:
         f"- per session (history + limiter state + binding): {mem['session']:.0f} bytes",
         "",
     ]
-    text = "\n".join(lines)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

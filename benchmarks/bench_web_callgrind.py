@@ -40,7 +40,7 @@ from bench_web import (
     prepare,
     wait_port,
 )
-from machine import cpu_model
+from machine import cpu_model, write_report
 
 CACHE = ["--I1=32768,8,64", "--D1=49152,12,64", "--LL=1048576,16,64"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
@@ -191,9 +191,7 @@ def main() -> None:
               "stretch, where its misses dominate the last-level rows (how often they come in "
               "steady state is not measured here). The GC rows show it, the last two rows "
               "leave it out.", ""]
-    text = "\n".join(lines)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from bench_web import (
     prepare,
     start,
 )
-from machine import cpu_model
+from machine import cpu_model, write_report
 
 
 def _wrk(url: str, script: Path, seconds: int) -> subprocess.Popen[str]:
@@ -193,9 +193,7 @@ def main() -> None:
             f"{statistics.median(r.system for r in rows):+.0f} | "
             f"{statistics.median(r.full for r in rows):.1%} | {redis} |")
     lines.append("")
-    text = "\n".join(lines)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

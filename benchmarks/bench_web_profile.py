@@ -47,7 +47,7 @@ from bench_web import (
     start,
     wrk,
 )
-from machine import cpu_model
+from machine import cpu_model, write_report
 
 APPS = {"asgi": "raw ASGI app", "starlette": "Starlette app", "fastapi": "FastAPI app"}
 FREQ = 2000  # samples per second of CPU time
@@ -249,9 +249,7 @@ def main() -> None:
         x, y = cb.get(name, 0.0), cv.get(name, 0.0)
         lines.append(f"| `{name}` | {x:.3f} | {y:.3f} | {y - x:+.3f} |")
     lines.append("")
-    text = "\n".join(lines)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

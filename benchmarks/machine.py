@@ -1,4 +1,4 @@
-"""What every benchmark report says about the machine it ran on."""
+"""What every benchmark report says about the machine it ran on, and how it is written."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def write_report(lines: list[str], out: str | Path) -> None:
+    """Write a report's lines to ``out`` (creating its folder) and print them."""
+    text = "\n".join(lines)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)

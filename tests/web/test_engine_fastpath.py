@@ -204,9 +204,9 @@ async def test_asgi_scoring_sees_the_status_and_every_body_byte_of_the_response(
 
 
 async def test_a_queued_request_lets_go_of_the_servers_send() -> None:
-    """The watched ``send`` waits in the scoring batch itself; it must not keep the server's
-    per-request objects (its ``send`` and what that holds) alive until the batch is scored,
-    and a send after the app returned is refused, not passed on."""
+    """A request waiting in the scoring batch must not keep the server's per-request objects
+    (its ``send`` and what that holds) alive until the batch is scored, and a send after the
+    app returned is refused, not passed on."""
     import weakref
 
     from garrison.web.asgi import GarrisonMiddleware, Message

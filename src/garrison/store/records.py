@@ -71,15 +71,10 @@ class Record(History):
         self.lseq = 0
         self.reported = -1e18
 
-
     @property
     def risk(self) -> float | None:
         """The last risk 0..1 scoring found, None before it judged this identity."""
         return None if self.score < 0.0 else self.score
-
-    @risk.setter
-    def risk(self, value: float | None) -> None:
-        self.score = -1.0 if value is None else value
 
 
 class RecordTable:

@@ -730,7 +730,7 @@ class WebEngine:
         batch = self._batch
         if n < len(batch):
             slot = batch[n]
-        else:  # only if a drain failed: the batch grows rather than lose a request
+        else:  # threads queued past BATCH before one of them drained: grow, lose nothing
             slot = Answered()
             batch.append(slot)
         slot.client = client
@@ -856,7 +856,7 @@ class WebEngine:
                 if ip_feat is not None and final < threshold:
                     self._learn_baseline(ip_feat[5])  # requests per minute
                 if (final >= (o.threshold_for(path) if routes else threshold)
-                        or (sess_risk >= 0.0 and sess_risk >= s_threshold)):
+                        or sess_risk >= s_threshold):  # -1.0 never: thresholds are 0..1
                     event = self._judge(client, path, now, final,
                                         ip_risk if ip_risk >= 0.0 else None,
                                         sess_risk if sess_risk >= 0.0 else None,
