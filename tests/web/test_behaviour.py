@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import itertools
 import math
@@ -11,7 +12,7 @@ import pytest
 
 from garrison.bus import EventBus
 from garrison.store.base import CheckRequest
-from garrison.store.records import RecordTable
+from garrison.store.records import Record, RecordTable
 from garrison.web.behaviour import HISTORY, History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
 from garrison.web.engine import WebEngine
@@ -111,6 +112,32 @@ def test_engine_state_is_bounded_under_a_flood_of_sources() -> None:
         eng.after(c, "/", 200, 10, T0 + i)
     assert len(eng.records) <= 128  # max_ips + max_sessions records in all
     assert eng.records.evicted >= 5000 * 2 - 128
+
+
+def test_evicted_records_are_let_go_by_the_cached_clients() -> None:
+    """The caps bound memory, not only the table: a client cached by its headers holds its
+    records, so a flood of new clients must not keep every evicted record (with its history)
+    alive in the client caches, of the raw ASGI path and of the decoded one alike."""
+    eng = WebEngine(WebOptions(bus=EventBus(), max_ips=64, max_sessions=64,
+                               trusted_proxies=["127.0.0.1"]))
+    for i in range(5000):
+        ip = str(ipaddress.IPv4Address(0xC6336400 + i))
+        if i % 2:
+            c = eng.identify(ip, {"cookie": f"session={i}"})
+        else:
+            raw = {"x-forwarded-for": ip.encode(), "cookie": f"session={i}".encode()}
+            c = eng.identify_raw(("127.0.0.1", *(raw.get(n) for n in eng.raw_names)))
+        eng.after(c, "/", 200, 10, T0 + i)
+    eng.drain()
+    gc.collect()
+    live = sum(1 for o in gc.get_objects() if isinstance(o, Record))
+    assert live <= 4 * 128, live  # the table's 128, and what clients still in use hold
+    assert len(eng.raw_clients) + len(eng._client_cache) <= 4 * 128
+    # the clients still cached were bound after the last sweep, or are re-bound when used
+    c = eng.identify(str(ipaddress.IPv4Address(0xC6336400 + 4999)), {"cookie": "session=4999"})
+    eng.after(c, "/", 200, 10, T0 + 5000)
+    eng.drain()
+    assert eng.records.peek(c.key or "") is c.irec is not None
 
 
 def test_forwarded_header_is_ignored_without_a_trusted_proxy() -> None:

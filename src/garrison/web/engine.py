@@ -337,6 +337,20 @@ class WebEngine:
         self.raw_names = tuple(sorted(wanted))
         self.raw_clients: dict[tuple[bytes | str | None, ...], Client] = {}
         """Clients by ``(peer, *raw header values)`` (see :meth:`identify_raw`)."""
+        self._cached_gen = self.records.gen
+        """The record table's generation when the client caches were last emptied."""
+
+    def _forget_clients(self) -> None:
+        """The record table swept since the last call: drop every cached client, which may
+        point at evicted records (a client cache of tens of thousands would otherwise keep
+        every record it ever pointed at alive, with its history, whatever the caps say).
+        Cleared in place, as the adapters hold the dicts; a returning client is identified
+        again, once. Called with each scoring batch (the caller holds the lock)."""
+        gen = self.records.gen
+        if gen != self._cached_gen:
+            self._cached_gen = gen
+            self.raw_clients.clear()
+            self._client_cache.clear()
 
     # -- 1. who ----------------------------------------------------------------------------
     def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
@@ -758,6 +772,7 @@ class WebEngine:
             self.queued = 0
             t0 = time.perf_counter()
             events = self._score(batch, n)
+            self._forget_clients()  # after scoring: binding its clients may have swept
         self.metrics.requests += n
         self.metrics.scoring(time.perf_counter() - t0, n)
         for event in events:
