@@ -116,6 +116,32 @@ WRK_SCRIPT = textwrap.dedent('''
     request = function()
       local i = math.random(0, 9999)
 ''') + _CLIENT + "end\n"
+BURSTY_SCRIPT = textwrap.dedent('''
+    -- The same 10,000 clients, as browsers behind a proxy send them: at any moment 200 of
+    -- them are active, each for a visit of 4 to 24 requests (a page and its assets, a few
+    -- clicks), then another client (new or returning, at random) takes its place. Each
+    -- client's average rate is the same as in clients.lua; its requests come close together.
+    math.randomseed(7)
+    local ACTIVE = 200
+    local who, left = {}, {}
+    for k = 1, ACTIVE do
+      who[k] = math.random(0, 9999)
+      left[k] = math.random(4, 24)
+    end
+    request = function()
+      local k = math.random(1, ACTIVE)
+      local i = who[k]
+      left[k] = left[k] - 1
+      if left[k] <= 0 then
+        who[k] = math.random(0, 9999)
+        left[k] = math.random(4, 24)
+      end
+''') + _CLIENT + "end\n"
+TRAFFIC = {"uniform": WRK_SCRIPT, "bursty": BURSTY_SCRIPT}
+"""The measured traffic (``--traffic``): ``uniform`` sends every request from a client drawn at
+random from all 10,000, so between two requests of one client come thousands of others (the
+harshest case for the CPU's caches, as from a botnet); ``bursty`` sends each client's requests
+in visits, as browsers do (and proxies pass them on), with the same clients and average rates."""
 WARM_SCRIPT = textwrap.dedent(f'''
     -- every client {WARM_PASSES} times, round robin, then stop
     n = 0
@@ -360,10 +386,11 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def prepare(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Write the app and the wrk scripts into ``workdir`` and start a redis-server there."""
+def prepare(workdir: Path, traffic: str = "uniform") -> tuple[subprocess.Popen[bytes], str]:
+    """Write the app and the wrk scripts into ``workdir`` (``clients.lua``: the measured
+    traffic, see :data:`TRAFFIC`) and start a redis-server there."""
     (workdir / "benchapp.py").write_text(APP)
-    (workdir / "clients.lua").write_text(WRK_SCRIPT)
+    (workdir / "clients.lua").write_text(TRAFFIC[traffic])
     (workdir / "warm.lua").write_text(WARM_SCRIPT)
     return start_redis(workdir)
 
@@ -380,6 +407,9 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured turn")
     ap.add_argument("--rounds", type=int, default=3, help="turns per server")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
+                    help="uniform: each request from any of the clients at random (the "
+                         "default, harshest on the caches); bursty: clients in visits")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web.md"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -393,7 +423,7 @@ def main() -> None:
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = prepare(workdir)
+        redis_proc, redis_url = prepare(workdir, args.traffic)
         try:
             for v in variants(has_slowapi):
                 s = start(v, redis_url, workdir)
@@ -432,12 +462,17 @@ def main() -> None:
         + ("the server pinned to CPU 0, wrk and redis-server to CPU 1" if PINNED
            else "one CPU: nothing pinned"),
         f"- command: `.venv/bin/python benchmarks/bench_web.py --duration {args.duration} "
-        f"--rounds {args.rounds}`",
+        f"--rounds {args.rounds}" + (f" --traffic {args.traffic}" if args.traffic != "uniform"
+                                     else "") + "`",
         f"- build: {'compiled (mypyc, see setup.py)' if is_compiled else 'pure Python'} for the "
         "memory and redis rows; the `(pure)` rows run the same source uncompiled "
         "(`GARRISON_PURE=1`)",
         f"- traffic: `X-Forwarded-For` from {CLIENTS:,} addresses (trusted proxy 127.0.0.1), "
-        f"{CLIENTS // 2:,} session cookies, random order; before measuring, every client made "
+        f"{CLIENTS // 2:,} session cookies, "
+        + ("in random order (`--traffic uniform`: each request from any client)"
+           if args.traffic == "uniform" else
+           "in visits (`--traffic bursty`: 200 clients active at a time, 4-24 requests each)")
+        + "; before measuring, every client made "
         f"{WARM_PASSES} requests (so each is known and scored), and every turn starts with 2 s "
         "of the same traffic; the middleware does its full work (limiter, binding, scoring)",
         "",

@@ -33,6 +33,7 @@ from pathlib import Path
 from bench_web import (
     CLIENTS,
     ROOT,
+    TRAFFIC,
     WARM_PASSES,
     compiled,
     counters,
@@ -127,6 +128,8 @@ def main() -> None:
                     help="the middleware's store (redis: a redis-server started here; under "
                          "valgrind most requests then take a round trip, which is what this "
                          "counts)")
+    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
+                    help="the clients' order, as in bench_web.py (uniform: the harshest)")
     args = ap.parse_args()
     if args.out is None:
         name = "web-callgrind-redis.md" if args.store == "redis" else "web-callgrind.md"
@@ -137,7 +140,8 @@ def main() -> None:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gw-callgrind-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = prepare(workdir)  # the app, the wrk scripts, a redis-server
+        # the app, the wrk scripts, a redis-server
+        redis_proc, redis_url = prepare(workdir, args.traffic)
         store = redis_url if args.store == "redis" else "memory://"
         try:
             with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one server per CPU
@@ -162,6 +166,7 @@ def main() -> None:
         f"{'compiled' if compiled() else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_callgrind.py --seconds "
         f"{args.seconds}" + (" --store redis" if args.store == "redis" else "")
+        + (f" --traffic {args.traffic}" if args.traffic != "uniform" else "")
         + f"` ({time.monotonic() - t0:.0f} s)",
         f"- uvicorn (h11) under callgrind, simulated caches {' '.join(CACHE)}; {CLIENTS:,} "
         f"clients warmed {WARM_PASSES} times each, then `wrk -c8` counted: "

@@ -36,6 +36,7 @@ from bench_web import (
     LOAD_CPUS,
     PINNED,
     ROOT,
+    TRAFFIC,
     WARM_PASSES,
     Variant,
     compiled,
@@ -124,6 +125,8 @@ def main() -> None:
                     help="run only these rows, e.g. asgi/redis (for a longer run of a few)")
     ap.add_argument("--against", metavar="DIR", default="",
                     help="pair with the same variant imported from DIR, not the bare app")
+    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
+                    help="the clients' order, as in bench_web.py (uniform: the harshest)")
     args = ap.parse_args()
     if not PINNED:
         raise SystemExit("needs two CPUs: both servers on one, their load on the other")
@@ -144,7 +147,7 @@ def main() -> None:
     results: dict[str, list[Round]] = {}
     with tempfile.TemporaryDirectory(prefix="gw-paired-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = prepare(workdir)
+        redis_proc, redis_url = prepare(workdir, args.traffic)
         try:
             for v in chosen:
                 results[v.key] = pair(v, redis_url, workdir, args.rounds, args.duration,
@@ -159,7 +162,8 @@ def main() -> None:
         f"- command: `.venv/bin/python benchmarks/bench_web_paired.py --duration "
         f"{args.duration} --rounds {args.rounds}"
         + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
-        + (f" --against {args.against}" if args.against else "") + "`",
+        + (f" --against {args.against}" if args.against else "")
+        + (f" --traffic {args.traffic}" if args.traffic != "uniform" else "") + "`",
         *([f"- **against another build**: the `bare` columns below are the same variant "
            f"with garrison imported from `{args.against}`; a ratio above 1 means this "
            f"checkout costs less CPU per request"] if args.against else []),
@@ -167,12 +171,17 @@ def main() -> None:
         "callable, the harshest baseline; `starlette`, `fastapi`: a one-route app), "
         "served at the same time by two uvicorn processes "
         "pinned to CPU 0, each loaded by its own `wrk -t1 -c32` on CPU 1; the same "
-        f"{CLIENTS:,} clients as in `web.md`, each first warmed with {WARM_PASSES} requests",
+        f"{CLIENTS:,} clients as in `web.md`, each first warmed with {WARM_PASSES} requests; "
+        + ("each request from any client at random (`--traffic uniform`)"
+           if args.traffic == "uniform" else
+           "clients in visits of 4-24 requests, 200 at a time (`--traffic bursty`)"),
         "- ratio = bare CPU per request / variant CPU per request (what the throughput ratio "
         "would be on a CPU of its own); for Redis a lower bound (see the script)",
         "- added user / system: the variant's CPU per request minus the bare app's, split "
-        "into user and kernel time (medians; the kernel's share is the sockets, the same "
-        "for both unless a variant talks to Redis); checked in full / asked Redis: shares "
+        "into user and kernel time (medians; the kernel's work is the sockets, the same "
+        "system calls for both unless a variant talks to Redis, so what the memory rows add "
+        "there is the kernel running slower beside the middleware's data in the caches); "
+        "checked in full / asked Redis: shares "
         "of the variant's requests that took the full check and a Redis round trip (its "
         "`/metrics`, read before and after each round)",
         "",
