@@ -1,0 +1,172 @@
+"""Web middleware benchmark in short alternating turns: the bare app and one variant, in turn.
+
+``bench_web.py`` measures every server for several seconds in a row, so on a shared virtual
+machine, whose speed moves by 20-50 % within seconds, the bare app and the variant are often
+measured in different moods of the machine. ``bench_web_paired.py`` serves both at once on one
+CPU, which cancels that drift but makes them evict each other's caches. Here each server has the
+CPU to itself while it is measured, in turns of ``--duration`` seconds (2 by default), the bare
+app and the variant alternating (bare-variant, then variant-bare, so that a steady drift within
+a pair cancels), ``--pairs`` times; the ratio of each pair is taken and the median reported, with
+the spread. Same server (uvicorn), same load generator (wrk), same clients and traffic as
+``bench_web.py``. Written to ``docs/benchmarks/web-alternating.md``.
+
+Run: ``.venv/bin/python benchmarks/bench_web_alternating.py [--pairs 20] [--duration 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench_web import (
+    CLIENTS,
+    PINNED,
+    ROOT,
+    TRAFFIC,
+    WARM_PASSES,
+    Server,
+    Variant,
+    compiled,
+    cpu_seconds,
+    parse_wrk,
+    prepare,
+    start,
+    wrk,
+)
+from machine import cpu_model, write_report
+
+
+def turn(server: Server, workdir: Path, seconds: int, connections: int) -> dict[str, float]:
+    """One measured turn of ``server``: wrk's figures and the server's CPU per request."""
+    c0 = cpu_seconds(server.proc.pid)
+    r = parse_wrk(wrk(server.url, workdir / "clients.lua", seconds, connections))
+    r["cpu_us"] = (cpu_seconds(server.proc.pid) - c0) / max(r["requests"], 1.0) * 1e6
+    return r
+
+
+def alternate(bare: Server, variant: Server, workdir: Path, pairs: int, seconds: int,
+              connections: int) -> list[tuple[dict[str, float], dict[str, float]]]:
+    """``pairs`` pairs of turns (bare, variant), in alternating order."""
+    for s in (bare, variant):  # both warm in this phase of the machine: clients re-armed
+        wrk(s.url, workdir / "clients.lua", 2, connections)
+    out = []
+    for k in range(pairs):
+        if k % 2 == 0:
+            b = turn(bare, workdir, seconds, connections)
+            v = turn(variant, workdir, seconds, connections)
+        else:
+            v = turn(variant, workdir, seconds, connections)
+            b = turn(bare, workdir, seconds, connections)
+        out.append((b, v))
+        print(f"pair {k + 1:2d} {variant.variant.key:22s} bare {b['rps']:7.0f}  variant "
+              f"{v['rps']:7.0f} req/s  ratio {v['rps'] / b['rps']:.3f}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", type=int, default=20, help="pairs of turns per variant")
+    ap.add_argument("--duration", type=int, default=2, help="seconds per turn")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
+                    help="the clients' order, as in bench_web.py (uniform: the harshest)")
+    ap.add_argument("--only", nargs="+", metavar="APP/VARIANT",
+                    help="run only these rows, e.g. asgi/memory")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-alternating.md"))
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found (Debian package wrk)")
+    is_compiled = compiled()
+    if not is_compiled:
+        print("no compiled build: the rows are pure Python")
+    frameworks = ["asgi", "starlette"] + (["fastapi"] if importlib.util.find_spec("fastapi")
+                                          else [])
+    chosen = [Variant(fw, name, name) for fw in frameworks for name in ("memory", "redis")]
+    if args.only:
+        unknown = set(args.only) - {v.key for v in chosen}
+        if unknown:
+            raise SystemExit(f"no such rows: {', '.join(sorted(unknown))}")
+        chosen = [v for v in chosen if v.key in args.only]
+    results: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {}
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gw-alt-") as tmp:
+        workdir = Path(tmp)
+        redis_proc, redis_url = prepare(workdir, args.traffic)
+        servers: list[Server] = []
+        try:
+            bares: dict[str, Server] = {}
+            for v in chosen:
+                if v.framework not in bares:
+                    bares[v.framework] = start(Variant(v.framework, "bare", ""), redis_url,
+                                               workdir)
+                    servers.append(bares[v.framework])
+                s = start(v, redis_url, workdir)
+                servers.append(s)
+                wrk(s.url, workdir / "warm.lua", 600, args.connections)  # every client known
+                print(f"{v.key:22s} warmed", flush=True)
+                results[v.key] = alternate(bares[v.framework], s, workdir, args.pairs,
+                                           args.duration, args.connections)
+                s.proc.terminate()  # one middleware server at a time beside the bare apps
+                s.proc.wait(timeout=10)
+        finally:
+            for s in servers:
+                if s.proc.poll() is None:
+                    s.proc.terminate()
+            for s in servers:
+                try:
+                    s.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    s.proc.kill()
+            redis_proc.kill()
+            redis_proc.wait()
+    lines = [
+        "# Web middleware, alternating turns",
+        "",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}; "
+        f"{'compiled' if is_compiled else 'pure Python'} build",
+        f"- command: `.venv/bin/python benchmarks/bench_web_alternating.py --pairs {args.pairs} "
+        f"--duration {args.duration}"
+        + (f" --traffic {args.traffic}" if args.traffic != "uniform" else "")
+        + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
+        + f"` ({time.monotonic() - t0:.0f} s)",
+        f"- uvicorn (h11, one worker) and `wrk -t1 -c{args.connections}`; "
+        + ("each server pinned to CPU 0 while it is measured, wrk and redis-server to CPU 1; "
+           if PINNED else "one CPU: nothing pinned; ")
+        + f"the {CLIENTS:,} clients of `web.md`, each first warmed with {WARM_PASSES} requests"
+        + (", each request from any of them at random" if args.traffic == "uniform"
+           else ", in visits of 4-24 requests, 200 at a time"),
+        f"- per variant {args.pairs} pairs of {args.duration} s turns, the bare app of its "
+        "framework and the variant alternating (bare first in odd pairs, the variant first in "
+        "even ones); ratio = variant req/s / bare req/s of the same pair",
+        "",
+        "| app / variant | bare req/s (median) | variant req/s (median) | ratio (median) | "
+        "ratio (quartiles) | ratio (min-max) | variant p50 / p99 (ms) | "
+        "added CPU per request (us) | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, pairs in results.items():
+        ratios = sorted(v["rps"] / b["rps"] for b, v in pairs)
+        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+        added = statistics.median(v["cpu_us"] - b["cpu_us"] for b, v in pairs)
+        lines.append(
+            f"| {key} | {statistics.median(b['rps'] for b, _ in pairs):.0f} | "
+            f"{statistics.median(v['rps'] for _, v in pairs):.0f} | "
+            f"{statistics.median(ratios):.2f}x | {q[0]:.2f}-{q[2]:.2f}x | "
+            f"{ratios[0]:.2f}-{ratios[-1]:.2f}x | "
+            f"{statistics.median(v['p50'] for _, v in pairs) * 1e3:.2f} / "
+            f"{statistics.median(v['p99'] for _, v in pairs) * 1e3:.2f} | {added:+.1f} | "
+            f"{sum(b['non2xx'] + v['non2xx'] for b, v in pairs):.0f} |")
+    lines += ["", "Targets: memory >= 0.9x bare, Redis >= 0.8x bare.", ""]
+    write_report(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
