@@ -265,6 +265,19 @@ def start(v: Variant, redis_url: str, workdir: Path) -> Server:
     return Server(v, proc, f"http://127.0.0.1:{port}/")
 
 
+def stop(servers: list[Server], redis_proc: subprocess.Popen[bytes]) -> None:
+    """Stop the servers (asked first, then killed after 10 s) and the redis-server."""
+    for s in servers:
+        s.proc.terminate()  # a no-op for one that has already exited
+    for s in servers:
+        try:
+            s.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            s.proc.kill()
+    redis_proc.kill()
+    redis_proc.wait()
+
+
 def wrk(url: str, script: Path, seconds: int, connections: int) -> str:
     return subprocess.run(
         ["wrk", "-t1", "-c", str(connections), f"-d{seconds}s", "--latency", "-s", str(script),
@@ -441,15 +454,7 @@ def main() -> None:
                           f"cpu {r['cpu_us']:6.1f} us/req  non-2xx {r['non2xx']:.0f}",
                           flush=True)
         finally:
-            for s in servers:
-                s.proc.terminate()
-            for s in servers:
-                try:
-                    s.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    s.proc.kill()
-            redis_proc.kill()
-            redis_proc.wait()
+            stop(servers, redis_proc)
     mem = memory_per_key()
     cost = inprocess_cost()
     lines = [

@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench_web import (
     parse_wrk,
     prepare,
     start,
+    stop,
     wrk,
 )
 from machine import cpu_model, write_report
@@ -117,16 +117,7 @@ def main() -> None:
                 s.proc.terminate()  # one middleware server at a time beside the bare apps
                 s.proc.wait(timeout=10)
         finally:
-            for s in servers:
-                if s.proc.poll() is None:
-                    s.proc.terminate()
-            for s in servers:
-                try:
-                    s.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    s.proc.kill()
-            redis_proc.kill()
-            redis_proc.wait()
+            stop(servers, redis_proc)
     lines = [
         "# Web middleware, alternating turns",
         "",
