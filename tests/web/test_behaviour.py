@@ -133,6 +133,7 @@ def test_evicted_records_are_let_go_by_the_cached_clients() -> None:
     live = sum(1 for o in gc.get_objects() if isinstance(o, Record))
     assert live <= 4 * 128, live  # the table's 128, and what clients still in use hold
     assert len(eng.raw_clients) + len(eng._client_cache) <= 4 * 128
+    assert len(eng._addr_cache) <= 128  # addresses too: no more than records may be kept
     # the clients still cached were bound after the last sweep, or are re-bound when used
     c = eng.identify(str(ipaddress.IPv4Address(0xC6336400 + 4999)), {"cookie": "session=4999"})
     eng.after(c, "/", 200, 10, T0 + 5000)

@@ -68,7 +68,8 @@ DISTRUST: Final = "distrust"
 BLOCKLIST: Final = "blocklist"
 _MAX_PENDING: Final = 10_000
 _CACHE: Final = 65_536
-"""Entries kept in each identification cache (addresses, clients, paths); cleared when full."""
+"""Entries kept at most in each identification cache (addresses, clients, paths; the first two
+at most ``max_ips + max_sessions``); cleared when full."""
 SCORE_EVERY: Final = 8
 """A key that looks harmless is re-scored every this many requests (bounded delay); one whose
 risk is past :data:`HOT` of its threshold, on every request."""
@@ -317,6 +318,9 @@ class WebEngine:
         self._cost = 1.0
         self._k = self._cost / policy.rate  # seconds one request adds to a GCRA TAT at trust 0.5
         self._unlogged_errors = 0
+        # The identification caches hold what outside parties send (addresses, header values),
+        # so they are bounded by the caps as well: no more entries than records may be kept.
+        self._cache_cap = min(_CACHE, o.max_ips + o.max_sessions)
         self._addr_cache: dict[tuple[str | None, str | None], _Where] = {}
         # Whole clients by the raw values they were derived from: a returning client costs one
         # dict lookup instead of a cookie parse and two hashes (bounded like _addr_cache).
@@ -364,7 +368,7 @@ class WebEngine:
             return cached
         client = self._identify(peer, fwd, headers)
         cache = self._client_cache
-        if len(cache) >= _CACHE:
+        if len(cache) >= self._cache_cap:
             cache.clear()  # a flood of new clients: start over, stay bounded
         cache[ck] = client
         return client
@@ -383,7 +387,7 @@ class WebEngine:
         client = self._identify(peer if isinstance(peer, str) else None,
                                 headers.get(self.addresses.forwarded_header), headers)
         cache = self.raw_clients
-        if len(cache) >= _CACHE:
+        if len(cache) >= self._cache_cap:
             cache.clear()  # a flood of new clients: start over, stay bounded
         cache[key] = client
         return client
@@ -442,7 +446,7 @@ class WebEngine:
                 if o.travel_tolerance != "off" else None,
                 self._allowlisted(ip),
             )
-        if len(self._addr_cache) >= _CACHE:
+        if len(self._addr_cache) >= self._cache_cap:
             self._addr_cache.clear()  # a flood of new addresses: start over, stay bounded
         self._addr_cache[(peer, fwd)] = where
         return where
