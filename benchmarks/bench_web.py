@@ -142,6 +142,23 @@ TRAFFIC = {"uniform": WRK_SCRIPT, "bursty": BURSTY_SCRIPT}
 random from all 10,000, so between two requests of one client come thousands of others (the
 harshest case for the CPU's caches, as from a botnet); ``bursty`` sends each client's requests
 in visits, as browsers do (and proxies pass them on), with the same clients and average rates."""
+TRAFFIC_TEXT = {
+    "uniform": "each request from any client at random (`--traffic uniform`)",
+    "bursty": "clients in visits of 4-24 requests, 200 active at a time (`--traffic bursty`)",
+}
+"""How the reports describe each kind of :data:`TRAFFIC`."""
+
+
+def add_traffic_option(ap: argparse.ArgumentParser) -> None:
+    """The ``--traffic`` option every web benchmark takes (see :data:`TRAFFIC`)."""
+    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
+                    help="uniform: each request from any of the clients at random (the "
+                         "default, harshest on the caches); bursty: clients in visits")
+
+
+def traffic_flag(traffic: str) -> str:
+    """The ``--traffic`` part of a report's command line ("" for the default)."""
+    return "" if traffic == "uniform" else f" --traffic {traffic}"
 WARM_SCRIPT = textwrap.dedent(f'''
     -- every client {WARM_PASSES} times, round robin, then stop
     n = 0
@@ -420,9 +437,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured turn")
     ap.add_argument("--rounds", type=int, default=3, help="turns per server")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
-                    help="uniform: each request from any of the clients at random (the "
-                         "default, harshest on the caches); bursty: clients in visits")
+    add_traffic_option(ap)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web.md"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -467,17 +482,13 @@ def main() -> None:
         + ("the server pinned to CPU 0, wrk and redis-server to CPU 1" if PINNED
            else "one CPU: nothing pinned"),
         f"- command: `.venv/bin/python benchmarks/bench_web.py --duration {args.duration} "
-        f"--rounds {args.rounds}" + (f" --traffic {args.traffic}" if args.traffic != "uniform"
-                                     else "") + "`",
+        f"--rounds {args.rounds}{traffic_flag(args.traffic)}`",
         f"- build: {'compiled (mypyc, see setup.py)' if is_compiled else 'pure Python'} for the "
         "memory and redis rows; the `(pure)` rows run the same source uncompiled "
         "(`GARRISON_PURE=1`)",
         f"- traffic: `X-Forwarded-For` from {CLIENTS:,} addresses (trusted proxy 127.0.0.1), "
-        f"{CLIENTS // 2:,} session cookies, "
-        + ("in random order (`--traffic uniform`: each request from any client)"
-           if args.traffic == "uniform" else
-           "in visits (`--traffic bursty`: 200 clients active at a time, 4-24 requests each)")
-        + "; before measuring, every client made "
+        f"{CLIENTS // 2:,} session cookies, {TRAFFIC_TEXT[args.traffic]}; before measuring, "
+        "every client made "
         f"{WARM_PASSES} requests (so each is known and scored), and every turn starts with 2 s "
         "of the same traffic; the middleware does its full work (limiter, binding, scoring)",
         "",

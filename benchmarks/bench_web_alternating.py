@@ -29,16 +29,18 @@ from bench_web import (
     CLIENTS,
     PINNED,
     ROOT,
-    TRAFFIC,
+    TRAFFIC_TEXT,
     WARM_PASSES,
     Server,
     Variant,
+    add_traffic_option,
     compiled,
     cpu_seconds,
     parse_wrk,
     prepare,
     start,
     stop,
+    traffic_flag,
     wrk,
 )
 from machine import cpu_model, write_report
@@ -76,8 +78,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20, help="pairs of turns per variant")
     ap.add_argument("--duration", type=int, default=2, help="seconds per turn")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
-                    help="the clients' order, as in bench_web.py (uniform: the harshest)")
+    add_traffic_option(ap)
     ap.add_argument("--only", nargs="+", metavar="APP/VARIANT",
                     help="run only these rows, e.g. asgi/memory")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-alternating.md"))
@@ -125,15 +126,14 @@ def main() -> None:
         f"{'compiled' if is_compiled else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_alternating.py --pairs {args.pairs} "
         f"--duration {args.duration}"
-        + (f" --traffic {args.traffic}" if args.traffic != "uniform" else "")
+        + traffic_flag(args.traffic)
         + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
         + f"` ({time.monotonic() - t0:.0f} s)",
         f"- uvicorn (h11, one worker) and `wrk -t1 -c{args.connections}`; "
         + ("each server pinned to CPU 0 while it is measured, wrk and redis-server to CPU 1; "
            if PINNED else "one CPU: nothing pinned; ")
-        + f"the {CLIENTS:,} clients of `web.md`, each first warmed with {WARM_PASSES} requests"
-        + (", each request from any of them at random" if args.traffic == "uniform"
-           else ", in visits of 4-24 requests, 200 at a time"),
+        + f"the {CLIENTS:,} clients of `web.md`, each first warmed with {WARM_PASSES} "
+        f"requests; {TRAFFIC_TEXT[args.traffic]}",
         f"- per variant {args.pairs} pairs of {args.duration} s turns, the bare app of its "
         "framework and the variant alternating (bare first in odd pairs, the variant first in "
         "even ones); ratio = variant req/s / bare req/s of the same pair",

@@ -33,12 +33,13 @@ from pathlib import Path
 from bench_web import (
     CLIENTS,
     ROOT,
-    TRAFFIC,
     WARM_PASSES,
+    add_traffic_option,
     compiled,
     counters,
     free_port,
     prepare,
+    traffic_flag,
     wait_port,
 )
 from machine import cpu_model, write_report
@@ -128,8 +129,7 @@ def main() -> None:
                     help="the middleware's store (redis: a redis-server started here; under "
                          "valgrind most requests then take a round trip, which is what this "
                          "counts)")
-    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
-                    help="the clients' order, as in bench_web.py (uniform: the harshest)")
+    add_traffic_option(ap)
     args = ap.parse_args()
     if args.out is None:
         name = "web-callgrind-redis.md" if args.store == "redis" else "web-callgrind.md"
@@ -166,7 +166,7 @@ def main() -> None:
         f"{'compiled' if compiled() else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_callgrind.py --seconds "
         f"{args.seconds}" + (" --store redis" if args.store == "redis" else "")
-        + (f" --traffic {args.traffic}" if args.traffic != "uniform" else "")
+        + traffic_flag(args.traffic)
         + f"` ({time.monotonic() - t0:.0f} s)",
         f"- uvicorn (h11) under callgrind, simulated caches {' '.join(CACHE)}; {CLIENTS:,} "
         f"clients warmed {WARM_PASSES} times each, then `wrk -c8` counted: "

@@ -36,14 +36,16 @@ from bench_web import (
     LOAD_CPUS,
     PINNED,
     ROOT,
-    TRAFFIC,
+    TRAFFIC_TEXT,
     WARM_PASSES,
     Variant,
+    add_traffic_option,
     compiled,
     counters,
     pin,
     prepare,
     start,
+    traffic_flag,
 )
 from machine import cpu_model, write_report
 
@@ -125,8 +127,7 @@ def main() -> None:
                     help="run only these rows, e.g. asgi/redis (for a longer run of a few)")
     ap.add_argument("--against", metavar="DIR", default="",
                     help="pair with the same variant imported from DIR, not the bare app")
-    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="uniform",
-                    help="the clients' order, as in bench_web.py (uniform: the harshest)")
+    add_traffic_option(ap)
     args = ap.parse_args()
     if not PINNED:
         raise SystemExit("needs two CPUs: both servers on one, their load on the other")
@@ -163,7 +164,7 @@ def main() -> None:
         f"{args.duration} --rounds {args.rounds}"
         + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
         + (f" --against {args.against}" if args.against else "")
-        + (f" --traffic {args.traffic}" if args.traffic != "uniform" else "") + "`",
+        + traffic_flag(args.traffic) + "`",
         *([f"- **against another build**: the `bare` columns below are the same variant "
            f"with garrison imported from `{args.against}`; a ratio above 1 means this "
            f"checkout costs less CPU per request"] if args.against else []),
@@ -172,9 +173,7 @@ def main() -> None:
         "served at the same time by two uvicorn processes "
         "pinned to CPU 0, each loaded by its own `wrk -t1 -c32` on CPU 1; the same "
         f"{CLIENTS:,} clients as in `web.md`, each first warmed with {WARM_PASSES} requests; "
-        + ("each request from any client at random (`--traffic uniform`)"
-           if args.traffic == "uniform" else
-           "clients in visits of 4-24 requests, 200 at a time (`--traffic bursty`)"),
+        + TRAFFIC_TEXT[args.traffic],
         "- ratio = bare CPU per request / variant CPU per request (what the throughput ratio "
         "would be on a CPU of its own); for Redis a lower bound (see the script)",
         "- added user / system: the variant's CPU per request minus the bare app's, split "
