@@ -42,7 +42,14 @@ from pathlib import Path
 from machine import cpu_model, write_report  # benchmarks/machine.py (the script's folder)
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENTS = 10_000
+CLIENTS = 10_000  # the default of --clients
+MAX_CLIENTS = 1_000_000  # addresses 10.0.0.1 to 10.15.249.250 (see _CLIENT)
+REFERENCES = {
+    "proxy": "a do-nothing pure-Python middleware that watches `send` for the status",
+    "spin": "the bare app after 10 us of busy work per request",
+}
+"""Reference variants (no Garrison): what a pass-through layer, and what a known amount of
+pure CPU work, cost on the same server and load; the scale for reading the middleware's ratio."""
 WARM_PASSES = 8  # = the middleware's min_requests: every client is scored before measuring
 # On two or more CPUs the server gets CPU 0 to itself and wrk and redis-server share CPU 1, so
 # the server's throughput is its own CPU cost per request, not the scheduler's mood.
@@ -96,6 +103,43 @@ APP = textwrap.dedent('''
         app.state.limiter = Limiter(key_func=client_key, default_limits=["600/minute"])
         app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
         app.add_middleware(SlowAPIASGIMiddleware)
+    elif variant == "proxy":  # reference: a do-nothing pure-Python middleware watching send
+        inner = app
+
+        class Watch:
+            __slots__ = ("send", "status")
+
+            def __init__(self, send):
+                self.send = send
+                self.status = 500
+
+            def __call__(self, message):
+                out = self.send(message)
+                if message["type"] == "http.response.start":
+                    self.status = message["status"]
+                return out
+
+        async def proxy(scope, receive, send):
+            if scope["type"] != "http":
+                return await inner(scope, receive, send)
+            watch = Watch(send)
+            try:
+                await inner(scope, receive, watch)
+            finally:
+                watch.send = None
+
+        app = proxy
+    elif variant == "spin":  # reference: the app after 10 us of busy work per request
+        import time
+        inner = app
+
+        async def spin(scope, receive, send):
+            end = time.perf_counter() + 10e-6
+            while time.perf_counter() < end:
+                pass
+            await inner(scope, receive, send)
+
+        app = spin
     elif variant != "bare":
         from garrison.bus import EventBus
         from garrison.web import GarrisonMiddleware
@@ -105,19 +149,20 @@ APP = textwrap.dedent('''
 ''')
 
 _CLIENT = '''
-  local ip = "10.0." .. math.floor(i / 250) .. "." .. (i % 250 + 1)
+  local ip = "10." .. math.floor(i / 62500) .. "." .. math.floor(i / 250) % 250 .. "."
+    .. (i % 250 + 1)
   local sess = "session=s" .. math.floor(i / 2)
   return wrk.format("GET", "/", {["X-Forwarded-For"] = ip, ["Cookie"] = sess})
 '''
 WRK_SCRIPT = textwrap.dedent('''
-    -- 10,000 clients; each session cookie stays with its client (two clients per session,
+    -- LAST + 1 clients; each session cookie stays with its client (two clients per session,
     -- both in the same /24, so no "impossible travel").
     math.randomseed(7)
     request = function()
-      local i = math.random(0, 9999)
+      local i = math.random(0, LAST)
 ''') + _CLIENT + "end\n"
 BURSTY_SCRIPT = textwrap.dedent('''
-    -- The same 10,000 clients, as browsers behind a proxy send them: at any moment 200 of
+    -- The same clients, as browsers behind a proxy send them: at any moment 200 of
     -- them are active, each for a visit of 4 to 24 requests (a page and its assets, a few
     -- clicks), then another client (new or returning, at random) takes its place. Each
     -- client's average rate is the same as in clients.lua; its requests come close together.
@@ -125,7 +170,7 @@ BURSTY_SCRIPT = textwrap.dedent('''
     local ACTIVE = 200
     local who, left = {}, {}
     for k = 1, ACTIVE do
-      who[k] = math.random(0, 9999)
+      who[k] = math.random(0, LAST)
       left[k] = math.random(4, 24)
     end
     request = function()
@@ -133,15 +178,16 @@ BURSTY_SCRIPT = textwrap.dedent('''
       local i = who[k]
       left[k] = left[k] - 1
       if left[k] <= 0 then
-        who[k] = math.random(0, 9999)
+        who[k] = math.random(0, LAST)
         left[k] = math.random(4, 24)
       end
 ''') + _CLIENT + "end\n"
 TRAFFIC = {"uniform": WRK_SCRIPT, "bursty": BURSTY_SCRIPT}
 """The measured traffic (``--traffic``): ``uniform`` sends every request from a client drawn at
-random from all 10,000, so between two requests of one client come thousands of others (the
-harshest case for the CPU's caches, as from a botnet); ``bursty`` sends each client's requests
-in visits, as browsers do (and proxies pass them on), with the same clients and average rates."""
+random from all of them (10,000 unless ``--clients``), so between two requests of one client
+come thousands of others (the harshest case for the CPU's caches, as from a botnet);
+``bursty`` sends each client's requests in visits, as browsers do (and proxies pass them on),
+with the same clients and average rates."""
 TRAFFIC_TEXT = {
     "uniform": "each request from any client at random (`--traffic uniform`)",
     "bursty": "clients in visits of 4-24 requests, 200 active at a time (`--traffic bursty`)",
@@ -159,14 +205,37 @@ def add_traffic_option(ap: argparse.ArgumentParser) -> None:
 def traffic_flag(traffic: str) -> str:
     """The ``--traffic`` part of a report's command line ("" for the default)."""
     return "" if traffic == "uniform" else f" --traffic {traffic}"
-WARM_SCRIPT = textwrap.dedent(f'''
-    -- every client {WARM_PASSES} times, round robin, then stop
-    n = 0
-    request = function()
-      local i = n % {CLIENTS}
-      n = n + 1
-      if n > {WARM_PASSES * CLIENTS} then os.exit(0) end
-''') + _CLIENT + "end\n"
+
+
+def clients_flag(clients: int) -> str:
+    """The ``--clients`` part of a report's command line ("" for the default)."""
+    return "" if clients == CLIENTS else f" --clients {clients}"
+def warm_script(clients: int) -> str:
+    """wrk script that sends every client :data:`WARM_PASSES` requests, round robin, then
+    stops."""
+    return textwrap.dedent(f'''
+        -- every client {WARM_PASSES} times, round robin, then stop
+        n = 0
+        request = function()
+          local i = n % {clients}
+          n = n + 1
+          if n > {WARM_PASSES * clients} then os.exit(0) end
+    ''') + _CLIENT + "end\n"
+
+
+def add_clients_option(ap: argparse.ArgumentParser) -> None:
+    """The ``--clients`` option: how many client addresses the traffic comes from."""
+    def count(text: str) -> int:
+        n = int(text)
+        if not 2 <= n <= MAX_CLIENTS:
+            raise argparse.ArgumentTypeError(f"{n} is not in 2..{MAX_CLIENTS:,}")
+        return n
+
+    ap.add_argument("--clients", type=count, default=CLIENTS, metavar="N",
+                    help=f"client addresses (default {CLIENTS:,}, two per session cookie); "
+                         "at a fixed total rate, more clients make each one slower (at about "
+                         "10,000 requests/s and 10,000 clients each session sends about 2 "
+                         "requests/s to one path, near the bot threshold)")
 
 
 @dataclass(frozen=True)
@@ -249,8 +318,15 @@ def counters(url: str) -> dict[str, float]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (seconds)."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU time of process ``pid`` so far (seconds)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @dataclass
@@ -263,7 +339,8 @@ class Server:
 
 def start(v: Variant, redis_url: str, workdir: Path) -> Server:
     port = free_port()
-    env = {**os.environ, "BENCH_VARIANT": v.name if v.name in ("bare", "slowapi") else "garrison",
+    env = {**os.environ,
+           "BENCH_VARIANT": v.name if v.name in ("bare", "slowapi", *REFERENCES) else "garrison",
            "BENCH_STORE": redis_url if v.store == "redis" else "memory://",
            "BENCH_FRAMEWORK": v.framework}
     env.pop("GARRISON_PURE", None)
@@ -416,12 +493,14 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def prepare(workdir: Path, traffic: str = "uniform") -> tuple[subprocess.Popen[bytes], str]:
+def prepare(workdir: Path, traffic: str = "uniform",
+            clients: int = CLIENTS) -> tuple[subprocess.Popen[bytes], str]:
     """Write the app and the wrk scripts into ``workdir`` (``clients.lua``: the measured
-    traffic, see :data:`TRAFFIC`) and start a redis-server there."""
+    traffic from ``clients`` addresses, see :data:`TRAFFIC`; ``warm.lua``: every client
+    warmed) and start a redis-server there."""
     (workdir / "benchapp.py").write_text(APP)
-    (workdir / "clients.lua").write_text(TRAFFIC[traffic])
-    (workdir / "warm.lua").write_text(WARM_SCRIPT)
+    (workdir / "clients.lua").write_text(f"local LAST = {clients - 1}\n" + TRAFFIC[traffic])
+    (workdir / "warm.lua").write_text(warm_script(clients))
     return start_redis(workdir)
 
 
@@ -438,6 +517,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="turns per server")
     ap.add_argument("--connections", type=int, default=32)
     add_traffic_option(ap)
+    add_clients_option(ap)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web.md"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -451,14 +531,14 @@ def main() -> None:
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = prepare(workdir, args.traffic)
+        redis_proc, redis_url = prepare(workdir, args.traffic, args.clients)
         try:
             for v in variants(has_slowapi):
                 s = start(v, redis_url, workdir)
                 servers.append(s)
                 t0 = time.monotonic()
                 wrk(s.url, workdir / "warm.lua", 600, args.connections)
-                print(f"{v.key:26s} warmed ({WARM_PASSES * CLIENTS} requests, "
+                print(f"{v.key:26s} warmed ({WARM_PASSES * args.clients} requests, "
                       f"{time.monotonic() - t0:.0f} s)", flush=True)
             for rnd in range(args.rounds):
                 for s in servers:
@@ -482,13 +562,13 @@ def main() -> None:
         + ("the server pinned to CPU 0, wrk and redis-server to CPU 1" if PINNED
            else "one CPU: nothing pinned"),
         f"- command: `.venv/bin/python benchmarks/bench_web.py --duration {args.duration} "
-        f"--rounds {args.rounds}{traffic_flag(args.traffic)}`",
+        f"--rounds {args.rounds}{traffic_flag(args.traffic)}{clients_flag(args.clients)}`",
         f"- build: {'compiled (mypyc, see setup.py)' if is_compiled else 'pure Python'} for the "
         "memory and redis rows; the `(pure)` rows run the same source uncompiled "
         "(`GARRISON_PURE=1`)",
-        f"- traffic: `X-Forwarded-For` from {CLIENTS:,} addresses (trusted proxy 127.0.0.1), "
-        f"{CLIENTS // 2:,} session cookies, {TRAFFIC_TEXT[args.traffic]}; before measuring, "
-        "every client made "
+        f"- traffic: `X-Forwarded-For` from {args.clients:,} addresses (trusted proxy "
+        f"127.0.0.1), {(args.clients + 1) // 2:,} session cookies, "
+        f"{TRAFFIC_TEXT[args.traffic]}; before measuring, every client made "
         f"{WARM_PASSES} requests (so each is known and scored), and every turn starts with 2 s "
         "of the same traffic; the middleware does its full work (limiter, binding, scoring)",
         "",

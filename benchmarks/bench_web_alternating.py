@@ -26,16 +26,18 @@ import time
 from pathlib import Path
 
 from bench_web import (
-    CLIENTS,
     PINNED,
+    REFERENCES,
     ROOT,
     TRAFFIC_TEXT,
     WARM_PASSES,
     Server,
     Variant,
+    add_clients_option,
     add_traffic_option,
+    clients_flag,
     compiled,
-    cpu_seconds,
+    cpu_split,
     parse_wrk,
     prepare,
     start,
@@ -47,10 +49,14 @@ from machine import cpu_model, write_report
 
 
 def turn(server: Server, workdir: Path, seconds: int, connections: int) -> dict[str, float]:
-    """One measured turn of ``server``: wrk's figures and the server's CPU per request."""
-    c0 = cpu_seconds(server.proc.pid)
+    """One measured turn of ``server``: wrk's figures and the server's CPU per request (all,
+    and the kernel's part)."""
+    u0, s0 = cpu_split(server.proc.pid)
     r = parse_wrk(wrk(server.url, workdir / "clients.lua", seconds, connections))
-    r["cpu_us"] = (cpu_seconds(server.proc.pid) - c0) / max(r["requests"], 1.0) * 1e6
+    u1, s1 = cpu_split(server.proc.pid)
+    n = max(r["requests"], 1.0)
+    r["cpu_us"] = (u1 - u0 + s1 - s0) / n * 1e6
+    r["sys_us"] = (s1 - s0) / n * 1e6
     return r
 
 
@@ -79,6 +85,10 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=2, help="seconds per turn")
     ap.add_argument("--connections", type=int, default=32)
     add_traffic_option(ap)
+    add_clients_option(ap)
+    ap.add_argument("--reference", action="store_true",
+                    help="also the reference rows (no Garrison): " + "; ".join(
+                        f"{name}: {text}" for name, text in REFERENCES.items()))
     ap.add_argument("--only", nargs="+", metavar="APP/VARIANT",
                     help="run only these rows, e.g. asgi/memory")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-alternating.md"))
@@ -91,6 +101,8 @@ def main() -> None:
     frameworks = ["asgi", "starlette"] + (["fastapi"] if importlib.util.find_spec("fastapi")
                                           else [])
     chosen = [Variant(fw, name, name) for fw in frameworks for name in ("memory", "redis")]
+    if args.reference:
+        chosen += [Variant(fw, name, "") for fw in frameworks for name in REFERENCES]
     if args.only:
         unknown = set(args.only) - {v.key for v in chosen}
         if unknown:
@@ -100,7 +112,7 @@ def main() -> None:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gw-alt-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = prepare(workdir, args.traffic)
+        redis_proc, redis_url = prepare(workdir, args.traffic, args.clients)
         servers: list[Server] = []
         try:
             bares: dict[str, Server] = {}
@@ -126,13 +138,14 @@ def main() -> None:
         f"{'compiled' if is_compiled else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_alternating.py --pairs {args.pairs} "
         f"--duration {args.duration}"
-        + traffic_flag(args.traffic)
+        + traffic_flag(args.traffic) + clients_flag(args.clients)
+        + (" --reference" if args.reference else "")
         + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
         + f"` ({time.monotonic() - t0:.0f} s)",
         f"- uvicorn (h11, one worker) and `wrk -t1 -c{args.connections}`; "
         + ("each server pinned to CPU 0 while it is measured, wrk and redis-server to CPU 1; "
            if PINNED else "one CPU: nothing pinned; ")
-        + f"the {CLIENTS:,} clients of `web.md`, each first warmed with {WARM_PASSES} "
+        + f"{args.clients:,} clients as in `web.md`, each first warmed with {WARM_PASSES} "
         f"requests; {TRAFFIC_TEXT[args.traffic]}",
         f"- per variant {args.pairs} pairs of {args.duration} s turns, the bare app of its "
         "framework and the variant alternating (bare first in odd pairs, the variant first in "
@@ -140,13 +153,14 @@ def main() -> None:
         "",
         "| app / variant | bare req/s (median) | variant req/s (median) | ratio (median) | "
         "ratio (quartiles) | ratio (min-max) | variant p50 / p99 (ms) | "
-        "added CPU per request (us) | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "added CPU per request (us) | of it the kernel's (us) | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, pairs in results.items():
         ratios = sorted(v["rps"] / b["rps"] for b, v in pairs)
         q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
         added = statistics.median(v["cpu_us"] - b["cpu_us"] for b, v in pairs)
+        kernel = statistics.median(v["sys_us"] - b["sys_us"] for b, v in pairs)
         lines.append(
             f"| {key} | {statistics.median(b['rps'] for b, _ in pairs):.0f} | "
             f"{statistics.median(v['rps'] for _, v in pairs):.0f} | "
@@ -154,8 +168,12 @@ def main() -> None:
             f"{ratios[0]:.2f}-{ratios[-1]:.2f}x | "
             f"{statistics.median(v['p50'] for _, v in pairs) * 1e3:.2f} / "
             f"{statistics.median(v['p99'] for _, v in pairs) * 1e3:.2f} | {added:+.1f} | "
-            f"{sum(b['non2xx'] + v['non2xx'] for b, v in pairs):.0f} |")
-    lines += ["", "Targets: memory >= 0.9x bare, Redis >= 0.8x bare.", ""]
+            f"{kernel:+.1f} | {sum(b['non2xx'] + v['non2xx'] for b, v in pairs):.0f} |")
+    lines += ["", "Targets: memory >= 0.9x bare, Redis >= 0.8x bare."]
+    if args.reference:
+        lines += ["", "Reference rows (no Garrison): " + "; ".join(
+            f"`{name}`, {text}" for name, text in REFERENCES.items()) + "."]
+    lines.append("")
     write_report(lines, args.out)
 
 
