@@ -4,8 +4,9 @@ Same server (uvicorn, one worker, h11), same load generator (wrk), same run: the
 middleware on ``memory://`` and on a real ``redis-server`` started here on a free loopback port,
 each with the compiled build (when the install has one, see setup.py) and as pure Python
 (``GARRISON_PURE=1``), and SlowAPI as a peer tool. wrk sends ``X-Forwarded-For`` from 10,000
-client addresses through a trusted proxy (127.0.0.1) and 5,000 session cookies, so the limiter,
-the session binding and the scorer all do their full work.
+client addresses (``--clients``) through a trusted proxy (127.0.0.1) and 5,000 session cookies
+(one per two addresses), so the limiter, the session binding and the scorer all do their full
+work.
 
 Every server is started once and warmed until each client is known and scored (each client
 ``min_requests`` times, round robin); then the servers are measured in turns, several rounds,
