@@ -13,6 +13,7 @@ import pytest
 from garrison.bus import EventBus
 from garrison.store.base import CheckRequest
 from garrison.store.records import Record, RecordTable
+from garrison.web import engine as engine_module
 from garrison.web.behaviour import HISTORY, History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
 from garrison.web.engine import WebEngine
@@ -139,6 +140,47 @@ def test_evicted_records_are_let_go_by_the_cached_clients() -> None:
     eng.after(c, "/", 200, 10, T0 + 5000)
     eng.drain()
     assert eng.records.peek(c.key or "") is c.irec is not None
+
+
+def _held(cache: dict[object, object]) -> int:
+    """Characters of outside parties' text a cache's keys hold."""
+    total = 0
+    for key in cache:
+        parts = key if isinstance(key, tuple) else (key,)
+        total += sum(len(p) for p in parts if isinstance(p, (str, bytes)))
+    return total
+
+
+def test_identification_caches_hold_a_bounded_amount_of_text() -> None:
+    """The caches are bounded in bytes, not only in entries: each key holds what a client sent
+    (a Cookie header, a forwarding header, a path), which a server lets be many kilobytes, so
+    65,536 entries of 16 KB would pin a gigabyte. A flood of huge headers and paths must stay
+    within the byte budget, and a client with an ordinary header must still be recognised."""
+    budget = engine_module._CACHE_BYTES
+    eng = WebEngine(WebOptions(bus=EventBus(), trusted_proxies=["127.0.0.1"]))
+    filler = "x" * 6000
+    n = 3 * budget // 10_000  # 6-12 KB of text per key: several times the budget per cache
+    for i in range(n):
+        ip = str(ipaddress.IPv4Address(0xCB007100 + i % 250))  # 203.0.113.x
+        cookie = f"session={i}; junk={filler}"
+        fwd = f"{ip}, {'198.51.100.7, ' * 400}{ip}"  # a long forwarding chain
+        if i % 2:
+            c = eng.identify("127.0.0.1", {"cookie": cookie, "x-forwarded-for": fwd})
+        else:
+            raw = {"x-forwarded-for": fwd.encode(), "cookie": cookie.encode()}
+            c = eng.identify_raw(("127.0.0.1", *(raw.get(n) for n in eng.raw_names)))
+        eng.after(c, f"/{i}/{filler}", 200, 10, T0 + i * 0.01)
+    eng.drain()
+    inserted = {"raw_clients": n // 2, "_client_cache": n // 2, "_addr_cache": n, "_paths": n}
+    for name, count in inserted.items():
+        cache = getattr(eng, name)
+        assert _held(cache) <= budget, (name, _held(cache), len(cache))
+        assert 0 < len(cache) < count, (name, len(cache))  # cleared on the way, not capped
+    # ordinary clients are cached and recognised as before
+    a = eng.identify("127.0.0.1", {"cookie": "session=ok", "x-forwarded-for": "203.0.113.9"})
+    assert eng.identify("127.0.0.1", {"cookie": "session=ok",
+                                      "x-forwarded-for": "203.0.113.9"}) is a
+    assert a.ip == "203.0.113.9" and a.session
 
 
 def test_forwarded_header_is_ignored_without_a_trusted_proxy() -> None:

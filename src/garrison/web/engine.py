@@ -70,6 +70,21 @@ _MAX_PENDING: Final = 10_000
 _CACHE: Final = 65_536
 """Entries kept at most in each identification cache (addresses, clients, paths; the first two
 at most ``max_ips + max_sessions``); cleared when full."""
+_CACHE_BYTES: Final = 16 * 1024 * 1024
+"""Characters of outside parties' text (header values, addresses, paths) each identification
+cache's keys may hold; cleared when they would hold more. The entry caps alone do not bound
+memory: a server lets a header be many kilobytes (uvicorn 16 KB, others more), and 65,536
+entries keyed by 16 KB cookies would pin a gigabyte. Ordinary keys are tens of bytes, so the
+budget only comes into play under a flood of huge headers."""
+
+
+def _text_size(key: tuple[bytes | str | None, ...]) -> int:
+    """Characters of text in a cache key (its str and bytes parts)."""
+    total = 0
+    for part in key:
+        if part is not None:
+            total += len(part)
+    return total
 SCORE_EVERY: Final = 8
 """A key that looks harmless is re-scored every this many requests (bounded delay); one whose
 risk is past :data:`HOT` of its threshold, on every request."""
@@ -325,6 +340,8 @@ class WebEngine:
         # Whole clients by the raw values they were derived from: a returning client costs one
         # dict lookup instead of a cookie parse and two hashes (bounded like _addr_cache).
         self._client_cache: dict[tuple[str | None, ...], Client] = {}
+        # Characters of text held by the keys of each cache (see _CACHE_BYTES).
+        self._client_text = self._raw_text = self._addr_text = self._paths_text = 0
         self._w_bot = float(o.trust_weights.get("bot", 0.0))
         self._w_rate = float(o.trust_weights.get("rate", 0.0))
         self._session_header = o.session_header.lower() if o.session_header else None
@@ -355,6 +372,7 @@ class WebEngine:
             self._cached_gen = gen
             self.raw_clients.clear()
             self._client_cache.clear()
+            self._raw_text = self._client_text = 0
 
     # -- 1. who ----------------------------------------------------------------------------
     def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
@@ -368,9 +386,13 @@ class WebEngine:
             return cached
         client = self._identify(peer, fwd, headers)
         cache = self._client_cache
-        if len(cache) >= self._cache_cap:
+        size = _text_size(ck)
+        if len(cache) >= self._cache_cap or self._client_text + size > _CACHE_BYTES:
             cache.clear()  # a flood of new clients: start over, stay bounded
-        cache[ck] = client
+            self._client_text = 0
+        if size <= _CACHE_BYTES:
+            cache[ck] = client
+            self._client_text += size
         return client
 
     def identify_raw(self, key: tuple[bytes | str | None, ...]) -> Client:
@@ -387,9 +409,13 @@ class WebEngine:
         client = self._identify(peer if isinstance(peer, str) else None,
                                 headers.get(self.addresses.forwarded_header), headers)
         cache = self.raw_clients
-        if len(cache) >= self._cache_cap:
+        size = _text_size(key)
+        if len(cache) >= self._cache_cap or self._raw_text + size > _CACHE_BYTES:
             cache.clear()  # a flood of new clients: start over, stay bounded
-        cache[key] = client
+            self._raw_text = 0
+        if size <= _CACHE_BYTES:
+            cache[key] = client
+            self._raw_text += size
         return client
 
     def _identify(self, peer: str | None, fwd: str | None, headers: dict[str, str]) -> Client:
@@ -446,9 +472,13 @@ class WebEngine:
                 if o.travel_tolerance != "off" else None,
                 self._allowlisted(ip),
             )
-        if len(self._addr_cache) >= self._cache_cap:
+        size = _text_size((peer, fwd))
+        if len(self._addr_cache) >= self._cache_cap or self._addr_text + size > _CACHE_BYTES:
             self._addr_cache.clear()  # a flood of new addresses: start over, stay bounded
-        self._addr_cache[(peer, fwd)] = where
+            self._addr_text = 0
+        if size <= _CACHE_BYTES:
+            self._addr_cache[(peer, fwd)] = where
+            self._addr_text += size
         return where
 
     def _allowlisted(self, ip: IPAddress) -> bool:
@@ -723,9 +753,14 @@ class WebEngine:
         paths = self._paths
         info = paths.get(path)
         if info is None:  # a path not seen lately; the request's own string is let go hot
-            if len(paths) >= _CACHE:
-                paths.clear()
-            info = paths[path] = PathInfo(path)
+            info = PathInfo(path)
+            chars = len(path)
+            if len(paths) >= _CACHE or self._paths_text + chars > _CACHE_BYTES:
+                paths.clear()  # many distinct paths, or long ones: start over, stay bounded
+                self._paths_text = 0
+            if chars <= _CACHE_BYTES:
+                paths[path] = info
+                self._paths_text += chars
         if self.threaded:
             with self._lock:
                 n = self._put(client, info, status, size, now)
