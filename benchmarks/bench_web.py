@@ -211,6 +211,8 @@ def traffic_flag(traffic: str) -> str:
 def clients_flag(clients: int) -> str:
     """The ``--clients`` part of a report's command line ("" for the default)."""
     return "" if clients == CLIENTS else f" --clients {clients}"
+
+
 def warm_script(clients: int) -> str:
     """wrk script that sends every client :data:`WARM_PASSES` requests, round robin, then
     stops."""

@@ -168,7 +168,7 @@ def test_identification_caches_hold_a_bounded_amount_of_text() -> None:
             c = eng.identify("127.0.0.1", {"cookie": cookie, "x-forwarded-for": fwd})
         else:
             raw = {"x-forwarded-for": fwd.encode(), "cookie": cookie.encode()}
-            c = eng.identify_raw(("127.0.0.1", *(raw.get(n) for n in eng.raw_names)))
+            c = eng.identify_raw(("127.0.0.1", *(raw.get(name) for name in eng.raw_names)))
         eng.after(c, f"/{i}/{filler}", 200, 10, T0 + i * 0.01)
     eng.drain()
     inserted = {"raw_clients": n // 2, "_client_cache": n // 2, "_addr_cache": n, "_paths": n}

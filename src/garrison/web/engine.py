@@ -76,15 +76,6 @@ cache's keys may hold; cleared when they would hold more. The entry caps alone d
 memory: a server lets a header be many kilobytes (uvicorn 16 KB, others more), and 65,536
 entries keyed by 16 KB cookies would pin a gigabyte. Ordinary keys are tens of bytes, so the
 budget only comes into play under a flood of huge headers."""
-
-
-def _text_size(key: tuple[bytes | str | None, ...]) -> int:
-    """Characters of text in a cache key (its str and bytes parts)."""
-    total = 0
-    for part in key:
-        if part is not None:
-            total += len(part)
-    return total
 SCORE_EVERY: Final = 8
 """A key that looks harmless is re-scored every this many requests (bounded delay); one whose
 risk is past :data:`HOT` of its threshold, on every request."""
@@ -221,6 +212,38 @@ _NEUTRAL: Final = Verdict(0.5)
 _INF: Final = float("inf")
 
 
+def _text_size(key: tuple[bytes | str | None, ...]) -> int:
+    """Characters of text in a cache key (its str and bytes parts)."""
+    total = 0
+    for part in key:
+        if part is not None:
+            total += len(part)
+    return total
+
+
+class _Budget:
+    """What one identification cache may hold: ``cap`` entries and :data:`_CACHE_BYTES` of key
+    text; ``text`` is what its keys hold now. Kept beside the cache, not in a dict subclass, so
+    the adapters' lookups stay plain dict lookups."""
+
+    __slots__ = ("cap", "text")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.text = 0
+
+    def keep(self, cache: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+        """Store ``value`` under ``key`` (``size`` characters of text); a cache that would pass
+        either bound is emptied first (a flood of new keys: start over, stay bounded), and a
+        key bigger than the whole budget is not kept at all."""
+        if len(cache) >= self.cap or self.text + size > _CACHE_BYTES:
+            cache.clear()
+            self.text = 0
+        if size <= _CACHE_BYTES:
+            cache[key] = value
+            self.text += size
+
+
 def _hash(kind: str, value: str) -> str:
     return kind + hashlib.blake2b(value.encode("utf-8", "surrogateescape"),
                                   digest_size=12).hexdigest()
@@ -340,8 +363,11 @@ class WebEngine:
         # Whole clients by the raw values they were derived from: a returning client costs one
         # dict lookup instead of a cookie parse and two hashes (bounded like _addr_cache).
         self._client_cache: dict[tuple[str | None, ...], Client] = {}
-        # Characters of text held by the keys of each cache (see _CACHE_BYTES).
-        self._client_text = self._raw_text = self._addr_text = self._paths_text = 0
+        # What each cache may hold, in entries and in key text (see _CACHE_BYTES).
+        self._client_budget = _Budget(self._cache_cap)
+        self._raw_budget = _Budget(self._cache_cap)
+        self._addr_budget = _Budget(self._cache_cap)
+        self._paths_budget = _Budget(_CACHE)
         self._w_bot = float(o.trust_weights.get("bot", 0.0))
         self._w_rate = float(o.trust_weights.get("rate", 0.0))
         self._session_header = o.session_header.lower() if o.session_header else None
@@ -372,7 +398,7 @@ class WebEngine:
             self._cached_gen = gen
             self.raw_clients.clear()
             self._client_cache.clear()
-            self._raw_text = self._client_text = 0
+            self._raw_budget.text = self._client_budget.text = 0
 
     # -- 1. who ----------------------------------------------------------------------------
     def identify(self, peer: str | None, headers: dict[str, str]) -> Client:
@@ -385,14 +411,7 @@ class WebEngine:
         if cached is not None:
             return cached
         client = self._identify(peer, fwd, headers)
-        cache = self._client_cache
-        size = _text_size(ck)
-        if len(cache) >= self._cache_cap or self._client_text + size > _CACHE_BYTES:
-            cache.clear()  # a flood of new clients: start over, stay bounded
-            self._client_text = 0
-        if size <= _CACHE_BYTES:
-            cache[ck] = client
-            self._client_text += size
+        self._client_budget.keep(self._client_cache, ck, client, _text_size(ck))
         return client
 
     def identify_raw(self, key: tuple[bytes | str | None, ...]) -> Client:
@@ -408,14 +427,7 @@ class WebEngine:
         peer = key[0]
         client = self._identify(peer if isinstance(peer, str) else None,
                                 headers.get(self.addresses.forwarded_header), headers)
-        cache = self.raw_clients
-        size = _text_size(key)
-        if len(cache) >= self._cache_cap or self._raw_text + size > _CACHE_BYTES:
-            cache.clear()  # a flood of new clients: start over, stay bounded
-            self._raw_text = 0
-        if size <= _CACHE_BYTES:
-            cache[key] = client
-            self._raw_text += size
+        self._raw_budget.keep(self.raw_clients, key, client, _text_size(key))
         return client
 
     def _identify(self, peer: str | None, fwd: str | None, headers: dict[str, str]) -> Client:
@@ -472,13 +484,7 @@ class WebEngine:
                 if o.travel_tolerance != "off" else None,
                 self._allowlisted(ip),
             )
-        size = _text_size((peer, fwd))
-        if len(self._addr_cache) >= self._cache_cap or self._addr_text + size > _CACHE_BYTES:
-            self._addr_cache.clear()  # a flood of new addresses: start over, stay bounded
-            self._addr_text = 0
-        if size <= _CACHE_BYTES:
-            self._addr_cache[(peer, fwd)] = where
-            self._addr_text += size
+        self._addr_budget.keep(self._addr_cache, (peer, fwd), where, _text_size((peer, fwd)))
         return where
 
     def _allowlisted(self, ip: IPAddress) -> bool:
@@ -754,13 +760,7 @@ class WebEngine:
         info = paths.get(path)
         if info is None:  # a path not seen lately; the request's own string is let go hot
             info = PathInfo(path)
-            chars = len(path)
-            if len(paths) >= _CACHE or self._paths_text + chars > _CACHE_BYTES:
-                paths.clear()  # many distinct paths, or long ones: start over, stay bounded
-                self._paths_text = 0
-            if chars <= _CACHE_BYTES:
-                paths[path] = info
-                self._paths_text += chars
+            self._paths_budget.keep(paths, path, info, len(path))
         if self.threaded:
             with self._lock:
                 n = self._put(client, info, status, size, now)
