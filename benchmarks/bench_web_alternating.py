@@ -11,6 +11,11 @@ the spread. Same server (uvicorn), same load generator (wrk), same clients and t
 ``bench_web.py``. Written to ``docs/benchmarks/web-alternating.md``.
 
 Run: ``.venv/bin/python benchmarks/bench_web_alternating.py [--pairs 20] [--duration 2]``.
+
+``--against DIR`` alternates each variant with the same variant of another build of garrison
+instead of the bare app (``DIR`` first on the server's ``PYTHONPATH``; make it with ``git
+worktree add /tmp/old REV && pip install --no-deps --target /tmp/oldlib /tmp/old``): the ratio
+is then what a change saves or costs, each build with the CPU to itself in its turns.
 """
 
 from __future__ import annotations
@@ -89,6 +94,9 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true",
                     help="also the reference rows (no Garrison): " + "; ".join(
                         f"{name}: {text}" for name, text in REFERENCES.items()))
+    ap.add_argument("--against", metavar="DIR", default="",
+                    help="alternate with the same variant imported from DIR (another build) "
+                    "instead of the bare app")
     ap.add_argument("--only", nargs="+", metavar="APP/VARIANT",
                     help="run only these rows, e.g. asgi/memory")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-alternating.md"))
@@ -117,18 +125,26 @@ def main() -> None:
         try:
             bares: dict[str, Server] = {}
             for v in chosen:
-                if v.framework not in bares:
-                    bares[v.framework] = start(Variant(v.framework, "bare", ""), redis_url,
-                                               workdir)
-                    servers.append(bares[v.framework])
+                if args.against and v.store:  # the same variant, the other build
+                    base = start(Variant(v.framework, v.name, v.store, v.pure, args.against),
+                                 redis_url, workdir)
+                    servers.append(base)
+                    wrk(base.url, workdir / "warm.lua", 600, args.connections)
+                elif v.framework not in bares:
+                    bares[v.framework] = base = start(Variant(v.framework, "bare", ""),
+                                                      redis_url, workdir)
+                    servers.append(base)
+                else:
+                    base = bares[v.framework]
                 s = start(v, redis_url, workdir)
                 servers.append(s)
                 wrk(s.url, workdir / "warm.lua", 600, args.connections)  # every client known
                 print(f"{v.key:22s} warmed", flush=True)
-                results[v.key] = alternate(bares[v.framework], s, workdir, args.pairs,
-                                           args.duration, args.connections)
-                s.proc.terminate()  # one middleware server at a time beside the bare apps
-                s.proc.wait(timeout=10)
+                results[v.key] = alternate(base, s, workdir, args.pairs, args.duration,
+                                           args.connections)
+                for done in [s] + ([base] if base is not bares.get(v.framework) else []):
+                    done.proc.terminate()  # one middleware server (or pair) at a time
+                    done.proc.wait(timeout=10)
         finally:
             stop(servers, redis_proc)
     lines = [
@@ -140,6 +156,7 @@ def main() -> None:
         f"--duration {args.duration}"
         + traffic_flag(args.traffic) + clients_flag(args.clients)
         + (" --reference" if args.reference else "")
+        + (f" --against {args.against}" if args.against else "")
         + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
         + f"` ({time.monotonic() - t0:.0f} s)",
         f"- uvicorn (h11, one worker) and `wrk -t1 -c{args.connections}`; "
@@ -150,6 +167,9 @@ def main() -> None:
         f"- per variant {args.pairs} pairs of {args.duration} s turns, the bare app of its "
         "framework and the variant alternating (bare first in odd pairs, the variant first in "
         "even ones); ratio = variant req/s / bare req/s of the same pair",
+        *([f"- **against another build**: the `bare` columns are the same variant with "
+           f"garrison imported from `{args.against}`; a ratio above 1 means this checkout "
+           "serves more requests per second"] if args.against else []),
         "",
         "| app / variant | bare req/s (median) | variant req/s (median) | ratio (median) | "
         "ratio (quartiles) | ratio (min-max) | variant p50 / p99 (ms) | "
@@ -169,7 +189,8 @@ def main() -> None:
             f"{statistics.median(v['p50'] for _, v in pairs) * 1e3:.2f} / "
             f"{statistics.median(v['p99'] for _, v in pairs) * 1e3:.2f} | {added:+.1f} | "
             f"{kernel:+.1f} | {sum(b['non2xx'] + v['non2xx'] for b, v in pairs):.0f} |")
-    lines += ["", "Targets: memory >= 0.9x bare, Redis >= 0.8x bare."]
+    if not args.against:
+        lines += ["", "Targets: memory >= 0.9x bare, Redis >= 0.8x bare."]
     if args.reference:
         lines += ["", "Reference rows (no Garrison): " + "; ".join(
             f"`{name}`, {text}" for name, text in REFERENCES.items()) + "."]
