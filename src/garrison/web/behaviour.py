@@ -3,8 +3,10 @@
 A key (an IP group or a session) keeps its last :data:`HISTORY` requests in fixed-size rings
 (timestamp, path hash, status class, bytes, squared gap; see :data:`WIDTH`), so its memory is
 bounded and its counters are windowed: only requests within ``window`` seconds of the newest
-count. Computing the features takes one pass over the ring and the running sums for the common
-case (a native loop when compiled), since the scorer runs after every request a server answers.
+count. The ring's counts (errors, paths) and sums (bytes, squared gaps) are kept as requests come
+and go, so computing the features in the common case (every remembered request inside the
+window) reads a few fields and the (path, count) table, not the ring: the scorer runs after
+nearly every request a server answers, by when a ring has gone cold.
 
 Features, each normalised to 0..1 (risk):
 
@@ -36,7 +38,7 @@ import math
 import zlib
 from typing import Final, NamedTuple
 
-from librt.vecs import append, vec
+from librt.vecs import vec
 
 HISTORY: Final = 32
 """Requests remembered per key."""
@@ -73,6 +75,9 @@ _PLOGP: Final = tuple(
     if n
 )
 """``_PLOGP[n - 1][c]``: the entropy term of a path seen ``c`` times among ``n`` requests."""
+_TOP: Final = tuple(math.log2(n if n > 16 else 16) for n in range(HISTORY + 1))
+"""``_TOP[n]``: the top of the entropy scale for ``n`` requests (a table: compiled,
+``math.log2`` is a generic call with a boxed argument and result)."""
 _RESYNC: Final = 64
 """Requests after which a key's running sums are recomputed from its ring (float drift)."""
 
@@ -143,23 +148,37 @@ def status_class(status: int) -> int:
     return 0 if status < 400 else 1 if status < 500 else 2
 
 
-def _tally(counts: vec[float], path: float) -> vec[float]:
-    """Count one request's ``path`` in ``counts``: (path, count) pairs in order of first
-    sight. A linear scan of at most :data:`HISTORY` pairs of unboxed doubles: compiled, a
-    fraction of what a dict costs (a boxed float, its hash and an entry per request, and the
-    dict itself, per measurement)."""
-    for k in range(0, len(counts), 2):
+NOT_JUDGED: Final = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+"""What :meth:`History.assess` gives when there is too little history to judge (``requests``
+0): a :data:`Measure` all the same, so that compiled the result stays an unboxed tuple."""
+
+
+def scratch() -> vec[float]:
+    """A buffer for :meth:`History.assess` to count paths in (one per scorer, reused: counting
+    a history then allocates nothing)."""
+    return vec[float]([0.0] * (2 * HISTORY))
+
+
+def _tally(counts: vec[float], m: int, path: float) -> int:
+    """Count one request's ``path`` in the first ``m`` slots of ``counts``, (path, count) pairs
+    in order of first sight; the slots now used. A linear scan of at most :data:`HISTORY`
+    pairs of unboxed doubles: compiled, a fraction of what a dict costs (a boxed float, its
+    hash and an entry per request, and the dict itself, per measurement)."""
+    for k in range(0, m, 2):
         if counts[k] == path:
             counts[k + 1] += 1.0
-            return counts
-    return append(append(counts, path), 1.0)
+            return m
+    counts[m] = path
+    counts[m + 1] = 1.0
+    return m + 2
 
 
 class History:
     """The last :data:`HISTORY` requests of one key (see :data:`WIDTH`). About 1.3 KB,
     allocated with the first request."""
 
-    __slots__ = ("_bucket", "_cur", "_prev", "_ring", "count", "idx", "last", "s2", "volume")
+    __slots__ = ("_bucket", "_cerrors", "_cur", "_errors", "_m", "_prev", "_ring", "_tab",
+                 "count", "idx", "last", "s2", "volume")
 
     def __init__(self) -> None:
         self.clear()
@@ -176,6 +195,13 @@ class History:
         self._bucket = 0.0
         self._cur = 0
         self._prev = 0
+        # What the ring holds, kept as it changes, so that measuring reads a few fields and
+        # not the whole ring (1.3 KB, cold by then): its 4xx/5xx answers, its 4xx answers,
+        # and its paths as (path, count) pairs in the first _m slots of _tab.
+        self._errors = 0
+        self._cerrors = 0
+        self._tab = _NO_RING
+        self._m = 0
 
     def add(self, ts: float, path: int, status: int, size: int) -> None:
         """Record one answered request (``ts`` seconds, ``size`` bytes sent)."""
@@ -186,25 +212,41 @@ class History:
         ring = self._ring
         i = self.idx
         r = WIDTH * i
+        p = float(path)
         if self.count >= HISTORY:  # the oldest request leaves the running sums
             g2 = ts - self.last
             g2 *= g2
             self.volume += size - ring[r + _SIZE]
             self.s2 += g2 - ring[r + _GAP2]
+            gone = ring[r + _CLS]
+            if gone != 0.0:
+                self._errors -= 1
+                if gone == 1.0:
+                    self._cerrors -= 1
+            was = ring[r + _PATH]
+            if was != p:  # (the same path leaving and coming: its count stays)
+                self._uncount(was)
+                self._count(p)
         elif len(ring):
             g2 = ts - self.last
             g2 *= g2
             self.volume += size
             self.s2 += g2
+            self._count(p)
         else:
             ring = self._ring = vec[float]([0.0] * _SLOTS)
             g2 = 0.0
             self.volume = size
+            self._count(p)
+        if cls != 0:
+            self._errors += 1
+            if cls == 1:
+                self._cerrors += 1
         ring[r] = ts
         ring[r + _SIZE] = size
         ring[r + _GAP2] = g2
         ring[r + _CLS] = float(cls)
-        ring[r + _PATH] = float(path)
+        ring[r + _PATH] = p
         self.last = ts
         self.count += 1
         if i < HISTORY - 1:
@@ -223,6 +265,41 @@ class History:
             self._bucket = ts - (ts - self._bucket) % 60.0 if self._bucket else ts
         self._cur += 1
 
+    def _count(self, path: float) -> None:
+        """One more request for ``path`` in the (path, count) table (grown by doubling, up to
+        one pair per remembered request)."""
+        tab = self._tab
+        m = self._m
+        for k in range(0, m, 2):
+            if tab[k] == path:
+                tab[k + 1] += 1.0
+                return
+        if m >= len(tab):
+            grown = vec[float]([0.0] * (2 * m if m else 8))
+            for k in range(m):
+                grown[k] = tab[k]
+            tab = self._tab = grown
+        tab[m] = path
+        tab[m + 1] = 1.0
+        self._m = m + 2
+
+    def _uncount(self, path: float) -> None:
+        """One request fewer for ``path``; a path no longer remembered gives its pair up to
+        the last one."""
+        tab = self._tab
+        m = self._m
+        for k in range(0, m, 2):
+            if tab[k] == path:
+                c = tab[k + 1] - 1.0
+                if c > 0.0:
+                    tab[k + 1] = c
+                else:
+                    m -= 2
+                    tab[k] = tab[m]
+                    tab[k + 1] = tab[m + 1]
+                    self._m = m
+                return
+
     def per_minute(self, now: float) -> float:
         """Requests in the minute before ``now`` (sliding two-bucket estimate)."""
         age = now - self._bucket
@@ -240,39 +317,35 @@ class History:
 
     def measure(self, now: float, window: float, min_requests: int,
                 min_span: float) -> Measure | None:
-        """:meth:`features` as a plain tuple in the same order (cheaper to build: the scoring
-        batch needs only the risk, :func:`weighted_risk`, and the rate)."""
+        """:meth:`features` as a plain tuple in the same order."""
+        m = self.assess(now, window, min_requests, min_span, scratch())
+        return m if m[8] else None
+
+    def assess(self, now: float, window: float, min_requests: int, min_span: float,
+              counts: vec[float]) -> Measure:
+        """:meth:`measure` for the scorer, which runs after nearly every request: the paths
+        are counted in ``counts`` (see :func:`scratch`), and too little history is
+        :data:`NOT_JUDGED` rather than None. Compiled, it then allocates nothing: the result
+        is an unboxed tuple, where ``Measure | None`` was a tuple object and eight boxed
+        floats per call, freed a moment later."""
         n = self.count if self.count < HISTORY else HISTORY
         if n < min_requests:
-            return None
+            return NOT_JUDGED
         ring = self._ring
-        if n == HISTORY:
-            lo = WIDTH * self.idx  # the oldest request
-            newest = ring[lo - WIDTH] if lo else ring[WIDTH * (HISTORY - 1)]
-        else:
-            lo = 0
-            newest = ring[WIDTH * (n - 1)]
+        lo = WIDTH * self.idx if n == HISTORY else 0  # the oldest request
         first = ring[lo]
+        newest = self.last
         cutoff = now - window
         if first >= cutoff:
             # Every remembered request is inside the window (the common case: 32 requests
-            # rarely span two minutes): one pass counting classes and paths, and the running
-            # sums; the squared gaps leave out the oldest request's (its predecessor is gone).
-            errors = client_errors = 0
-            counts = vec[float]()
-            for j in range(0, WIDTH * n, WIDTH):
-                cls = ring[j + _CLS]
-                if cls != 0.0:
-                    errors += 1
-                    if cls == 1.0:
-                        client_errors += 1
-                counts = _tally(counts, ring[j + _PATH])
-            return self._features(now, min_requests, min_span, n, errors, client_errors,
-                                  self.volume, counts, first, newest, newest - first,
-                                  self.s2 - ring[lo + _GAP2])
-        total = errors = client_errors = 0
+            # rarely span two minutes): the counts and sums kept by note(), without reading
+            # the ring; the squared gaps leave out the oldest request's (its predecessor is
+            # gone).
+            return self._features(now, min_requests, min_span, n, self._errors, self._cerrors,
+                                  self.volume, self._tab, self._m, first, newest,
+                                  newest - first, self.s2 - ring[lo + _GAP2])
+        total = errors = client_errors = m = 0
         volume = 0.0
-        counts = vec[float]()
         first = prev = -1.0
         s1 = s2 = 0.0
         for j in range(self.idx - n, self.idx):  # oldest to newest, one pass
@@ -288,7 +361,7 @@ class History:
                 if cls == 1.0:
                     client_errors += 1
             volume += ring[i + _SIZE]
-            counts = _tally(counts, ring[i + _PATH])
+            m = _tally(counts, m, ring[i + _PATH])
             if prev >= 0:
                 gap = t - prev
                 s1 += gap
@@ -297,15 +370,15 @@ class History:
                 first = t
             prev = t
         return self._features(now, min_requests, min_span, total, errors, client_errors, volume,
-                              counts, first, prev, s1, s2)
+                              counts, m, first, prev, s1, s2)
 
     def _features(self, now: float, min_requests: int, min_span: float, total: int,
                   errors: int, client_errors: int, volume: float, counts: vec[float],
-                  first: float, prev: float, s1: float, s2: float) -> Measure | None:
-        """Features from the window's counts and sums (``counts``: see :func:`_tally`;
-        ``s1``/``s2``: sum of the gaps and of their squares, seconds)."""
+                  m: int, first: float, prev: float, s1: float, s2: float) -> Measure:
+        """Features from the window's counts and sums (``counts``: the first ``m`` slots, see
+        :func:`_tally`; ``s1``/``s2``: sum of the gaps and of their squares, seconds)."""
         if total < min_requests or prev - first < min_span:
-            return None
+            return NOT_JUDGED
         rpm = self.per_minute(now)
         rate = rpm / RPM_FULL
         if rate > 1.0:
@@ -313,9 +386,9 @@ class History:
         client_share = client_errors / total
         terms = _PLOGP[total - 1]
         bits = 0.0
-        for k in range(1, len(counts), 2):  # in order of first sight, as a dict would sum
+        for k in range(1, m, 2):  # in order of first sight, as a dict would sum
             bits += terms[int(counts[k])]
-        top = math.log2(total if total > 16 else 16)
+        top = _TOP[total]
         if bits > ENTROPY_CENTRE:
             high = (bits - ENTROPY_CENTRE) / (top - ENTROPY_CENTRE)
             if high > 1.0:
