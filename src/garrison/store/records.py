@@ -49,21 +49,23 @@ class Record(History):
         """Forget everything (the record expired); keeps the object so references stay valid."""
         self.clear()
         # Compiled, fields are laid out in the order first assigned (the History ring first):
-        # scoring's counters next to the ring's, then what the fast path reads, together.
+        # what scoring reads and writes next to the ring's counters (its risk, the trust gain
+        # and idle expiry it settles), then what the fast path reads (the rate limit, a ban,
+        # the binding), so that each touches as few cache lines of a record as it can.
         # a plain float, not float | None: scoring reads it on every request, and a boxed
         # float is one more object (and cache miss) per record
         self.score = -1.0
         self.since = 0
-        self.tat = 0.0
         self.trust = trust
+        self.expires = 0.0
+        self.offences = 0
+        self.tat = 0.0
         self.ban_until = 0.0
-        self.ltok = 0.0
-        self.luntil = 0.0
         self.bgroup: str | None = None
         self.bagent = ""
         self.bexp = 0.0
-        self.expires = 0.0
-        self.offences = 0
+        self.ltok = 0.0
+        self.luntil = 0.0
         self.bseen = 0.0
         self.strikes = 0
         self.wstart = 0.0

@@ -218,7 +218,7 @@ class GarrisonMiddleware:
         now = eng.clock()
         if _get_ident() != self._owner and not self._claim():
             return None
-        if eng.fast(client, now) is None:
+        if not eng.armed(client, now):
             return None
         verdict = client.verdict  # the armed decision's (one object fewer to read)
         state = scope.get("state")

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from librt.vecs import vec
+
 from garrison.bus import EventBus
 from garrison.events import BOT_BLOCKED, IMPOSSIBLE_TRAVEL, RATE_LIMITED, Event, Severity
 
@@ -53,7 +55,15 @@ from garrison.store.base import (
     PendingBan,
     open_store,
 )
-from garrison.web.behaviour import Features, Measure, path_hash, weight_vector, weighted_risk
+from garrison.web.behaviour import (
+    NOT_JUDGED,
+    Features,
+    Measure,
+    path_hash,
+    scratch,
+    weight_vector,
+    weighted_risk,
+)
 from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
 from garrison.web.metrics import WebMetrics
 from garrison.web.options import WebOptions
@@ -109,13 +119,14 @@ class Client:
     ``irec``/``srec`` those of the IP group and the session, and ``sbind`` the session record
     when the store checks a binding; all bound by :meth:`WebEngine.bind` and valid while
     ``gen`` equals the record table's generation. ``ready`` is the decision prepared for the
-    next request (None: not armed), valid until ``until`` (seconds); ``fast`` counts requests
+    next request (None: not armed), valid until ``until`` (seconds), with its verdict also in
+    ``verdict`` and that verdict's bot risk in ``armed_risk``; ``fast`` counts requests
     admitted on it whose limiter bookkeeping the next scoring batch still owes.
     """
 
-    __slots__ = ("agent", "allowlisted", "api_key", "binding", "fast", "gen", "identities",
-                 "ip", "irec", "key", "r0", "r1", "ready", "recs", "sbind", "session", "srec",
-                 "travel", "until", "verdict")
+    __slots__ = ("agent", "allowlisted", "api_key", "armed_risk", "binding", "fast", "gen",
+                 "identities", "ip", "irec", "key", "r0", "r1", "ready", "recs", "sbind",
+                 "session", "srec", "travel", "until", "verdict")
 
     def __init__(self, ip: str | None, key: str | None, travel: str | None,
                  session: str | None, api_key: str | None, agent: str, allowlisted: bool,
@@ -124,6 +135,9 @@ class Client:
         # an armed request touches one or two cache lines of its client, not three.
         self.ready: Decision | None = None
         self.verdict: Verdict | None = None  # ready's verdict, read without touching ready
+        # the verdict's bot risk as a plain float (-1.0: none), for scoring's re-arm test:
+        # read through the decision and the verdict it was three cold objects per request
+        self.armed_risk = -1.0
         self.until = 0.0
         self.gen = -1
         self.r0: _records.Record | None = None
@@ -212,6 +226,26 @@ _NEUTRAL: Final = Verdict(0.5)
 _INF: Final = float("inf")
 
 
+def _risk_of(verdict: Verdict | None) -> float:
+    """A verdict's bot risk as a plain float, -1.0 when it has none."""
+    if verdict is None or verdict.bot_risk is None:
+        return -1.0
+    return verdict.bot_risk
+
+
+def _settle(rec: _records.Record, owed: int, gain: float, mem: MemoryStore | None,
+            now: float, keep: float) -> None:
+    """The limiter's bookkeeping the fast path left for ``rec``: the trust gain of ``owed``
+    admitted requests (memory://) and its idle expiry (caller holds the lock)."""
+    if owed:
+        t = rec.trust + gain * owed
+        rec.trust = t if t < 1.0 else 1.0
+    if rec.offences and mem is not None:
+        mem.touch(rec, now)
+    elif rec.expires < keep:
+        rec.expires = keep
+
+
 def _text_size(key: tuple[bytes | str | None, ...]) -> int:
     """Characters of text in a cache key (its str and bytes parts)."""
     total = 0
@@ -251,18 +285,19 @@ def _hash(kind: str, value: str) -> str:
 
 def _note(rec: _records.Record, now: float, path: int, cls: int, size: int, hot: float,
           weights: tuple[float, float, float, float, float], window: float, min_requests: int,
-          min_span: float) -> Measure | None:
+          min_span: float, counts: vec[float]) -> Measure:
     """Add an answered request to ``rec``'s history and re-score it when due: every
     :data:`SCORE_EVERY` requests, at ``min_requests``, and on every request once its risk is
     past ``hot``. Re-scoring sets ``rec.score`` and resets ``rec.since`` to 0; returns the
-    features it measured (None when not re-scored or not enough history)."""
+    features it measured (:data:`NOT_JUDGED`, ``requests`` 0, when not re-scored or not enough
+    history; ``counts``: the scorer's :func:`scratch`)."""
     rec.note(now, path, cls, size)
     rec.since += 1
     if not (rec.since >= SCORE_EVERY or rec.count == min_requests or rec.score >= hot):
-        return None  # (score is -1.0 before the first judgement, below any hot: 0..1)
+        return NOT_JUDGED  # (score is -1.0 before the first judgement, below any hot: 0..1)
     rec.since = 0
-    feat = rec.measure(now, window, min_requests, min_span)
-    rec.score = weighted_risk(feat, weights) if feat is not None else -1.0
+    feat = rec.assess(now, window, min_requests, min_span, counts)
+    rec.score = weighted_risk(feat, weights) if feat[8] else -1.0
     return feat
 
 
@@ -344,6 +379,7 @@ class WebEngine:
         self._session_weights = dict(o.session_weights)
         self._ip_w = weight_vector(self._ip_weights)
         self._s_w = weight_vector(self._session_weights)
+        self._counts = scratch()  # scoring's buffer for counting paths (under the lock)
         self._paths: dict[str, PathInfo] = {}
         self.metrics = WebMetrics()
         self.metrics.gauges = {"ip": lambda: self._count("ip:"),
@@ -543,7 +579,13 @@ class WebEngine:
         return ready if ready is not None else self.check(client, now)
 
     def fast(self, client: Client, now: float) -> Decision | None:
-        """The prepared decision of an armed client (see :class:`Client`), or None.
+        """The prepared decision of an armed client (see :class:`Client`) when :meth:`armed`
+        admits the request, else None."""
+        return client.ready if self.armed(client, now) else None
+
+    def armed(self, client: Client, now: float) -> bool:
+        """True when ``client`` is armed and its request is admitted on its prepared
+        decision (its verdict is ``client.verdict``).
 
         One test per identity on records the client already holds, all or nothing: with
         ``memory://`` the GCRA step of :mod:`garrison.store.base` itself (no standing ban,
@@ -551,47 +593,54 @@ class WebEngine:
         and idle expiry of the admitted request are left to the scoring batch (within
         :data:`BATCH_AGE` seconds), so the verdict a request sees may lag by up to one batch.
         With threads the caller holds the lock (:meth:`precheck` does).
+
+        Written as chained reads (``client.r0.tat``, not ``r0 = client.r0``): compiled, a
+        local takes a reference, which writes the object's first cache line (its reference
+        count) even where only fields in another line are read; the decision, a record's head
+        and the travel group's string would be three more cold lines per request.
         """
-        ready = client.ready
-        if ready is None or now >= client.until or client.gen != self.records.gen:
-            return None
-        r0 = client.r0
-        if r0 is None:
-            return ready  # allowlisted, or no identity to limit
-        sb = client.sbind
-        if sb is not None and (sb.bgroup != client.travel or sb.bagent != client.agent
-                               or sb.bexp <= now):
-            return None
-        r1 = client.r1
+        if client.ready is None or now >= client.until or client.gen != self.records.gen:
+            return False
+        if client.r0 is None:
+            return True  # allowlisted, or no identity to limit
+        if client.sbind is not None and (
+                (client.sbind.bgroup is not client.travel  # interned: one test when equal
+                 and client.sbind.bgroup != client.travel)
+                or (client.sbind.bagent is not client.agent
+                    and client.sbind.bagent != client.agent)
+                or client.sbind.bexp <= now):
+            return False
         if not self._local:  # a shared store: spend what its leases hold
             cost = self._cost
-            if r0.ltok < cost or r0.luntil <= now or r0.ban_until > now:
-                return None
-            if r1 is not None:
-                if r1.ltok < cost or r1.luntil <= now or r1.ban_until > now:
-                    return None
-                r1.ltok -= cost
-            r0.ltok -= cost
+            if (client.r0.ltok < cost or client.r0.luntil <= now
+                    or client.r0.ban_until > now):
+                return False
+            if client.r1 is not None:
+                if (client.r1.ltok < cost or client.r1.luntil <= now
+                        or client.r1.ban_until > now):
+                    return False
+                client.r1.ltok -= cost
+            client.r0.ltok -= cost
             client.fast += 1
-            return ready
+            return True
         k = self._k
-        t0 = r0.tat
+        t0 = client.r0.tat
         if t0 < now:
             t0 = now
-        t0 += k / (0.5 + r0.trust)
-        if t0 - now > self._tau or r0.ban_until > now:
-            return None
-        if r1 is not None:
-            t1 = r1.tat
+        t0 += k / (0.5 + client.r0.trust)
+        if t0 - now > self._tau or client.r0.ban_until > now:
+            return False
+        if client.r1 is not None:
+            t1 = client.r1.tat
             if t1 < now:
                 t1 = now
-            t1 += k / (0.5 + r1.trust)
-            if t1 - now > self._tau or r1.ban_until > now:
-                return None
-            r1.tat = t1
-        r0.tat = t0
+            t1 += k / (0.5 + client.r1.trust)
+            if t1 - now > self._tau or client.r1.ban_until > now:
+                return False
+            client.r1.tat = t1
+        client.r0.tat = t0
         client.fast += 1
-        return ready
+        return True
 
     def check(self, client: Client, now: float) -> Decision | CheckRequest:
         """The full check of a request: a decision from local memory (allowlist, a ban this
@@ -600,6 +649,7 @@ class WebEngine:
         if client.allowlisted:  # armed for good (until a sweep moves the generation on)
             client.ready, client.until, client.gen = PASS, _INF, self.records.gen
             client.verdict = None
+            client.armed_risk = -1.0
             return PASS
         if self.queued and self.threaded:
             self.drain()  # sync adapters: score what is queued first, so state is current
@@ -642,6 +692,7 @@ class WebEngine:
                 and len(client.recs) <= 2):  # three identities (an API key): always in full
             client.ready, client.until = decision, now + self._refresh
             client.verdict = decision.verdict
+            client.armed_risk = _risk_of(decision.verdict)
         return decision
 
     def _admit(self, client: Client, rate_trust: float | None, now: float) -> Decision:
@@ -715,6 +766,7 @@ class WebEngine:
         else:
             client.ready = Decision(True, None, 0.0, 200, verdict)
             client.verdict = verdict
+            client.armed_risk = _risk_of(verdict)
 
     def refuse_sql(self, client: Client, finding: Any, where: str, now: float) -> Decision:
         """The decision for a request carrying SQL injection (403), with its event."""
@@ -839,6 +891,7 @@ class WebEngine:
         threshold, s_threshold, routes = o.threshold, o.session_threshold, bool(o.route_thresholds)
         hot_ip, hot_s = HOT * threshold, HOT * s_threshold
         ip_w, s_w = self._ip_w, self._s_w
+        counts = self._counts
         events: list[Event] = []
         for i in range(n):
             slot = batch[i]
@@ -858,14 +911,15 @@ class WebEngine:
                 keep = now + retain
                 owed = client.fast if mem is not None else 0  # trust Redis keeps there
                 client.fast = 0
-                for rec in client.recs:
-                    if owed:
-                        t = rec.trust + gain * owed
-                        rec.trust = t if t < 1.0 else 1.0
-                    if rec.offences and mem is not None:
-                        mem.touch(rec, now)
-                    elif rec.expires < keep:
-                        rec.expires = keep
+                # the first two records through the client's own fields, not its recs tuple
+                # (one more cold object per request); a third (an API key) is rare
+                if client.r0 is not None:
+                    _settle(client.r0, owed, gain, mem, now, keep)
+                    if client.r1 is not None:
+                        _settle(client.r1, owed, gain, mem, now, keep)
+                        if client.api_key is not None and len(client.recs) > 2:
+                            for rec in client.recs[2:]:
+                                _settle(rec, owed, gain, mem, now, keep)
                 sb = client.sbind
                 if sb is not None and mem is not None and sb.bgroup == client.travel:
                     sb.bseen = now
@@ -875,26 +929,25 @@ class WebEngine:
                 changed = False
                 # risks as plain floats, -1.0 for "not judged" (Record.score): no boxed floats
                 ip_risk = sess_risk = -1.0
-                ip_feat = sess_feat = None
+                # features as unboxed tuples, requests 0 for none (see NOT_JUDGED)
+                ip_feat = sess_feat = NOT_JUDGED
                 st = client.irec
                 if st is not None:
                     ip_feat = _note(st, now, h, cls, size, hot_ip, ip_w, window, min_requests,
-                                    min_span)
+                                    min_span, counts)
                     changed = st.since == 0
                     ip_risk = st.score
                 ss = client.srec
                 if ss is not None:
                     sess_feat = _note(ss, now, h, cls, size, hot_s, s_w, window, min_requests,
-                                      min_span)
+                                      min_span, counts)
                     changed = changed or ss.since == 0
                     sess_risk = ss.score
                 if changed and client.ready is not None:
                     # re-arm with the new risk when it moved enough to matter (the verdict's
                     # bot risk is then at most REARM_DELTA stale, or REFRESH seconds old)
                     bot = ip_risk if ip_risk > sess_risk else sess_risk
-                    verdict = client.ready.verdict
-                    was_risk = verdict.bot_risk if verdict is not None else None
-                    was = -1.0 if was_risk is None else was_risk
+                    was = client.armed_risk
                     if (bot < 0.0) != (was < 0.0) or (
                             bot >= 0.0 and was >= 0.0
                             and (bot - was >= REARM_DELTA or was - bot >= REARM_DELTA)):
@@ -907,14 +960,15 @@ class WebEngine:
                     final = (ip_risk + sess_risk) / 2.0
                 if final < 0.0:
                     continue  # nothing judged yet (a new key): no ban to consider
-                if ip_feat is not None and final < threshold:
+                if ip_feat[8] and final < threshold:
                     self._learn_baseline(ip_feat[5])  # requests per minute
                 if (final >= (o.threshold_for(path) if routes else threshold)
                         or sess_risk >= s_threshold):  # -1.0 never: thresholds are 0..1
                     event = self._judge(client, path, now, final,
                                         ip_risk if ip_risk >= 0.0 else None,
                                         sess_risk if sess_risk >= 0.0 else None,
-                                        ip_feat, sess_feat)
+                                        ip_feat if ip_feat[8] else None,
+                                        sess_feat if sess_feat[8] else None)
                     if event is not None:
                         events.append(event)
             except Exception:  # one bad record must not lose the rest of the batch
