@@ -142,6 +142,30 @@ def test_evicted_records_are_let_go_by_the_cached_clients() -> None:
     assert eng.records.peek(c.key or "") is c.irec is not None
 
 
+def test_client_cache_holds_as_many_clients_as_the_caps() -> None:
+    """A site with more clients at once than the old fixed cap of 65,536 entries must still
+    answer a returning client from the cache: an emptied cache sends every returning client
+    through identification and the full check again (the middleware served a third of the
+    bare app's requests per second with 120,000 active clients). Bounded still, by the caps."""
+    eng = WebEngine(WebOptions(bus=EventBus(), trusted_proxies=["127.0.0.1"]))
+    n = 70_000  # past 65,536, within max_ips + max_sessions (200,000)
+
+    def key(i: int) -> tuple[bytes | str | None, ...]:
+        raw = {"x-forwarded-for": str(ipaddress.IPv4Address(0x0A000000 + i)).encode(),
+               "cookie": f"session=s{i // 2}".encode()}
+        return ("127.0.0.1", *(raw.get(name) for name in eng.raw_names))
+
+    first = [eng.identify_raw(key(i)) for i in range(n)]
+    assert len(eng.raw_clients) == n
+    assert all(eng.raw_clients.get(key(i)) is first[i] for i in range(0, n, 997))
+    small = WebEngine(WebOptions(bus=EventBus(), trusted_proxies=["127.0.0.1"], max_ips=64,
+                                 max_sessions=64))
+    for i in range(1000):
+        raw = {"x-forwarded-for": str(ipaddress.IPv4Address(0x0A000000 + i)).encode()}
+        small.identify_raw(("127.0.0.1", *(raw.get(name) for name in small.raw_names)))
+    assert 0 < len(small.raw_clients) <= 128
+
+
 def _held(cache: dict[object, object]) -> int:
     """Characters of outside parties' text a cache's keys hold."""
     total = 0
