@@ -58,6 +58,33 @@ PINNED = len(os.sched_getaffinity(0)) >= 2
 SERVER_CPUS, LOAD_CPUS = ({0}, {1}) if PINNED else (set(), set())
 
 
+STACKS = {
+    "h11": ["--http", "h11", "--loop", "asyncio"],
+    "httptools": ["--http", "httptools", "--loop", "uvloop"],
+}
+"""uvicorn's HTTP parser and event loop, named explicitly (uvicorn's "auto" would switch to
+httptools and uvloop wherever they happen to be installed). h11 and asyncio are what plain
+``pip install uvicorn`` serves with; httptools and uvloop what ``uvicorn[standard]`` (and
+FastAPI's ``fastapi[standard]``) install, a faster bare server and so a harsher ratio."""
+
+
+def add_server_option(ap: argparse.ArgumentParser) -> None:
+    """The ``--server`` option (see :data:`STACKS`)."""
+    ap.add_argument("--server", choices=sorted(STACKS), default="h11",
+                    help="uvicorn's parser and loop: h11 + asyncio (plain uvicorn, the "
+                         "default) or httptools + uvloop (uvicorn[standard])")
+
+
+def server_flag(stack: str) -> str:
+    """The ``--server`` part of a report's command line ("" for the default)."""
+    return "" if stack == "h11" else f" --server {stack}"
+
+
+def server_text(stack: str) -> str:
+    """How a report names the server's parser and loop."""
+    return "h11, asyncio" if stack == "h11" else "httptools, uvloop"
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Keep process ``pid`` (and the threads it starts later) on ``cpus`` (no-op if empty)."""
     if cpus:
@@ -157,8 +184,9 @@ _CLIENT = '''
 '''
 WRK_SCRIPT = textwrap.dedent('''
     -- LAST + 1 clients; each session cookie stays with its client (two clients per session,
-    -- both in the same /24, so no "impossible travel").
-    math.randomseed(7)
+    -- both in the same /24, so no "impossible travel"). Seeded by the clock: a turn
+    -- that replayed the last one's sequence would send the same clients in the same order.
+    math.randomseed(os.time())
     request = function()
       local i = math.random(0, LAST)
 ''') + _CLIENT + "end\n"
@@ -167,7 +195,9 @@ BURSTY_SCRIPT = textwrap.dedent('''
     -- them are active, each for a visit of 4 to 24 requests (a page and its assets, a few
     -- clicks), then another client (new or returning, at random) takes its place. Each
     -- client's average rate is the same as in clients.lua; its requests come close together.
-    math.randomseed(7)
+    -- Seeded by the clock: with a fixed seed every turn replayed the same visits, so the
+    -- same clients came back every turn at several times a human's rate, and were refused.
+    math.randomseed(os.time())
     local ACTIVE = 200
     local who, left = {}, {}
     for k = 1, ACTIVE do
@@ -340,7 +370,7 @@ class Server:
     runs: list[dict[str, float]] = field(default_factory=list)
 
 
-def start(v: Variant, redis_url: str, workdir: Path) -> Server:
+def start(v: Variant, redis_url: str, workdir: Path, stack: str = "h11") -> Server:
     port = free_port()
     env = {**os.environ,
            "BENCH_VARIANT": v.name if v.name in ("bare", "slowapi", *REFERENCES) else "garrison",
@@ -354,7 +384,7 @@ def start(v: Variant, redis_url: str, workdir: Path) -> Server:
     proc = subprocess.Popen(
         [sys.executable, "-W", "ignore", "-m", "uvicorn", "benchapp:app", "--app-dir",
          str(workdir), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-         "--log-level", "warning", "--no-proxy-headers"],
+         "--log-level", "warning", "--no-proxy-headers", *STACKS[stack]],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     pin(proc.pid, SERVER_CPUS)
@@ -521,6 +551,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     add_traffic_option(ap)
     add_clients_option(ap)
+    add_server_option(ap)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web.md"))
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -537,7 +568,7 @@ def main() -> None:
         redis_proc, redis_url = prepare(workdir, args.traffic, args.clients)
         try:
             for v in variants(has_slowapi):
-                s = start(v, redis_url, workdir)
+                s = start(v, redis_url, workdir, args.server)
                 servers.append(s)
                 t0 = time.monotonic()
                 wrk(s.url, workdir / "warm.lua", 600, args.connections)
@@ -559,13 +590,15 @@ def main() -> None:
         "# Web middleware benchmark",
         "",
         f"- machine: {os.cpu_count()} CPUs (`nproc`), {cpu_model()}",
-        f"- Python {platform.python_version()}, uvicorn (h11, one worker), wrk -t1 "
+        f"- Python {platform.python_version()}, uvicorn ({server_text(args.server)}, one "
+        "worker), wrk -t1 "
         f"-c{args.connections}; {args.rounds} measured turns of {args.duration} s per server, "
         "the servers taking turns; "
         + ("the server pinned to CPU 0, wrk and redis-server to CPU 1" if PINNED
            else "one CPU: nothing pinned"),
         f"- command: `.venv/bin/python benchmarks/bench_web.py --duration {args.duration} "
-        f"--rounds {args.rounds}{traffic_flag(args.traffic)}{clients_flag(args.clients)}`",
+        f"--rounds {args.rounds}{traffic_flag(args.traffic)}{clients_flag(args.clients)}"
+        f"{server_flag(args.server)}`",
         f"- build: {'compiled (mypyc, see setup.py)' if is_compiled else 'pure Python'} for the "
         "memory and redis rows; the `(pure)` rows run the same source uncompiled "
         "(`GARRISON_PURE=1`)",

@@ -39,12 +39,15 @@ from bench_web import (
     Server,
     Variant,
     add_clients_option,
+    add_server_option,
     add_traffic_option,
     clients_flag,
     compiled,
     cpu_split,
     parse_wrk,
     prepare,
+    server_flag,
+    server_text,
     start,
     stop,
     traffic_flag,
@@ -91,6 +94,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     add_traffic_option(ap)
     add_clients_option(ap)
+    add_server_option(ap)
     ap.add_argument("--reference", action="store_true",
                     help="also the reference rows (no Garrison): " + "; ".join(
                         f"{name}: {text}" for name, text in REFERENCES.items()))
@@ -127,16 +131,16 @@ def main() -> None:
             for v in chosen:
                 if args.against and v.store:  # the same variant, the other build
                     base = start(Variant(v.framework, v.name, v.store, v.pure, args.against),
-                                 redis_url, workdir)
+                                 redis_url, workdir, args.server)
                     servers.append(base)
                     wrk(base.url, workdir / "warm.lua", 600, args.connections)
                 elif v.framework not in bares:
                     bares[v.framework] = base = start(Variant(v.framework, "bare", ""),
-                                                      redis_url, workdir)
+                                                      redis_url, workdir, args.server)
                     servers.append(base)
                 else:
                     base = bares[v.framework]
-                s = start(v, redis_url, workdir)
+                s = start(v, redis_url, workdir, args.server)
                 servers.append(s)
                 wrk(s.url, workdir / "warm.lua", 600, args.connections)  # every client known
                 print(f"{v.key:22s} warmed", flush=True)
@@ -154,12 +158,12 @@ def main() -> None:
         f"{'compiled' if is_compiled else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_alternating.py --pairs {args.pairs} "
         f"--duration {args.duration}"
-        + traffic_flag(args.traffic) + clients_flag(args.clients)
+        + traffic_flag(args.traffic) + clients_flag(args.clients) + server_flag(args.server)
         + (" --reference" if args.reference else "")
         + (f" --against {args.against}" if args.against else "")
         + (f" --only {' '.join(args.only)} --out {args.out}" if args.only else "")
         + f"` ({time.monotonic() - t0:.0f} s)",
-        f"- uvicorn (h11, one worker) and `wrk -t1 -c{args.connections}`; "
+        f"- uvicorn ({server_text(args.server)}, one worker) and `wrk -t1 -c{args.connections}`; "
         + ("each server pinned to CPU 0 while it is measured, wrk and redis-server to CPU 1; "
            if PINNED else "one CPU: nothing pinned; ")
         + f"{args.clients:,} clients as in `web.md`, each first warmed with {WARM_PASSES} "

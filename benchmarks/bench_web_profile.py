@@ -40,10 +40,13 @@ from bench_web import (
     WARM_PASSES,
     Server,
     Variant,
+    add_server_option,
     compiled,
     parse_wrk,
     pin,
     prepare,
+    server_flag,
+    server_text,
     start,
     wrk,
 )
@@ -155,6 +158,7 @@ def main() -> None:
     ap.add_argument("--framework", choices=("asgi", "starlette", "fastapi"), default="asgi",
                     help="the app under the middleware (as in bench_web.py)")
     ap.add_argument("--top", type=int, default=25, help="functions listed")
+    add_server_option(ap)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-profile.md"))
     args = ap.parse_args()
     for tool in ("perf", "wrk"):
@@ -175,7 +179,7 @@ def main() -> None:
         try:
             for v in chosen:
                 os.environ["BENCH_CALLS"] = str(workdir / f"calls-{v.name}.txt")
-                servers.append(start(v, redis_url, workdir))
+                servers.append(start(v, redis_url, workdir, args.server))
             os.environ.pop("BENCH_CALLS")
             for s in servers:  # each client min_requests times (the script stops by itself)
                 wrk(s.url, workdir / "warm.lua", 900, 32)
@@ -214,9 +218,10 @@ def main() -> None:
         f"{args.duration} --rounds {args.rounds}"
         + (f" --store {args.store}" if args.store != "memory" else "")
         + (f" --framework {args.framework}" if args.framework != "asgi" else "")
-        + (f" --top {args.top}" if args.top != 25 else "") + "` "
+        + (f" --top {args.top}" if args.top != 25 else "") + server_flag(args.server) + "` "
         f"({time.monotonic() - started:.0f} s)",
-        f"- uvicorn (h11, one worker, pinned to CPU 0), the {APPS[args.framework]} bare and "
+        f"- uvicorn ({server_text(args.server)}, one worker, pinned to CPU 0), the "
+        f"{APPS[args.framework]} bare and "
         f"under the middleware (`{args.store}`), {CLIENTS:,} clients each warmed with "
         f"{WARM_PASSES} requests, then in turns {args.rounds} x {args.duration} s of "
         f"`wrk -t1 -c32` each, sampled with `perf record -e cpu-clock -F {FREQ}`: "
