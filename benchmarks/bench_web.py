@@ -75,6 +75,15 @@ def add_server_option(ap: argparse.ArgumentParser) -> None:
                          "default) or httptools + uvloop (uvicorn[standard])")
 
 
+def require_server(stack: str) -> None:
+    """Exit with a clear message when ``stack``'s packages are not installed."""
+    if stack == "httptools":
+        missing = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(f"--server httptools needs {' and '.join(missing)} "
+                             "(pip install -e '.[bench]')")
+
+
 def server_flag(stack: str) -> str:
     """The ``--server`` part of a report's command line ("" for the default)."""
     return "" if stack == "h11" else f" --server {stack}"
@@ -556,6 +565,7 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian package wrk)")
+    require_server(args.server)
     has_slowapi = importlib.util.find_spec("slowapi") is not None
     if not has_slowapi:
         print("slowapi not installed: no peer-tool row (pip install -e '.[bench]')")

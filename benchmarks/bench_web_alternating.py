@@ -46,6 +46,7 @@ from bench_web import (
     cpu_split,
     parse_wrk,
     prepare,
+    require_server,
     server_flag,
     server_text,
     start,
@@ -107,6 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian package wrk)")
+    require_server(args.server)
     is_compiled = compiled()
     if not is_compiled:
         print("no compiled build: the rows are pure Python")

@@ -45,6 +45,7 @@ from bench_web import (
     parse_wrk,
     pin,
     prepare,
+    require_server,
     server_flag,
     server_text,
     start,
@@ -164,6 +165,7 @@ def main() -> None:
     for tool in ("perf", "wrk"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found (scripts/setup --tests installs it)")
+    require_server(args.server)
     started = time.monotonic()
     mw = Variant(args.framework, args.store, args.store)
     chosen = [Variant(args.framework, "bare", ""), mw]
