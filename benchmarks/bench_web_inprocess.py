@@ -17,7 +17,10 @@ Reported per request (median of the rounds, each the mean over ``--requests`` re
 * ``scoring``: the batches alone (from the engine's own ``scoring`` metric);
 * ``asgi``: the whole ASGI middleware around a bare app, less the same bare app called
   directly (the scope, fresh header tuples as a server makes them, and the app's two sends
-  are in both).
+  are in both);
+* ``new``: the same for a client never seen before (a new address and session cookie per
+  request, ``--requests`` / 4 of them): identification, the full check, new records, what a
+  flood from fresh addresses costs per request.
 
 ``--against DIR`` measures another build as well (``DIR`` first on ``PYTHONPATH``, e.g. made
 with ``git worktree add /tmp/old REV && pip install --no-deps --target /tmp/oldlib /tmp/old``),
@@ -129,6 +132,23 @@ def worker(requests: int) -> dict[str, float]:
     for k in order:
         drive(mw, headers[k])
     out["asgi"] = (time.perf_counter() - t0 - plain) / requests * 1e6
+
+    # clients never seen before, one request each, as a flood from new addresses sends them
+    # (addresses 10.16.0.1 and up, past the warmed ones; a new session cookie each)
+    n = max(requests // 4, 1)
+    fresh = [[(b"host", b"127.0.0.1:8000"),
+              (b"x-forwarded-for",
+               f"10.{16 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}".encode()),
+              (b"cookie", f"session=n{i}".encode()), (b"user-agent", b"wrk")]
+             for i in range(n)]
+    t0 = time.perf_counter()
+    for h in fresh:
+        drive(bare, h)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for h in fresh:
+        drive(mw, h)
+    out["new"] = (time.perf_counter() - t0 - plain) / n * 1e6
     return out
 
 
@@ -168,7 +188,7 @@ def main() -> None:
     compiled = subprocess.run([sys.executable, "-c",
                                "import garrison._native as n; print(n.COMPILED)"],
                               capture_output=True, text=True, check=True).stdout.strip()
-    paths = ("engine", "scoring", "asgi")
+    paths = ("engine", "scoring", "asgi", "new")
     lines = [
         "# Web middleware, in-process CPU per request",
         "",
