@@ -20,6 +20,7 @@ from garrison.store.base import (
     TRAVEL,
     Binding,
     CheckRequest,
+    CheckResult,
     LimitPolicy,
     LimitStore,
     PendingBan,
@@ -210,6 +211,29 @@ async def test_async_pipeline_is_exact_and_fails_open(redis_server: RedisServer)
     r = await s.acheck(CheckRequest(now=T0, identities=("ip:b",)))
     assert r.allowed and not r.degraded
     await s.aclose()
+
+
+def test_async_pipeline_works_on_uvloop(redis_server: RedisServer) -> None:
+    """uvicorn[standard] serves on uvloop, whose transports are not asyncio.Transport
+    subclasses: the pipeline must connect and stay exact there too (a type check on the
+    transport once made every call fail, so the store only ever failed open)."""
+    import asyncio
+
+    uvloop = pytest.importorskip("uvloop")
+    from garrison.store.redis import RedisStore
+
+    async def flood() -> list[CheckResult]:
+        s = RedisStore(redis_server.url, POLICY, timeout=0.5)
+        assert s._pipe is not None
+        try:
+            return list(await asyncio.gather(
+                *(s.acheck(CheckRequest(now=T0, identities=("ip:uv",))) for _ in range(100))))
+        finally:
+            await s.aclose()
+
+    results = uvloop.run(flood())
+    assert not any(r.degraded for r in results)
+    assert sum(r.allowed for r in results) == 10
 
 
 async def test_async_pipeline_times_out_on_a_hung_redis_and_recovers(

@@ -37,16 +37,22 @@ APP = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def workers(redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def workers(request: pytest.FixtureRequest, redis_server: RedisServer,
+            tmp_path: Path) -> Iterator[str]:
+    """Two uvicorn workers on the event loop of the param: asyncio, and uvloop, which
+    uvicorn[standard] installs (the Redis store once failed open on every request there)."""
     pytest.importorskip("uvicorn")
+    loop = request.param
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
     (tmp_path / "redisapp.py").write_text(APP)
     port = free_port()
     env = {**os.environ, "GARRISON_TEST_REDIS": redis_server.url}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "redisapp:app", "--app-dir", str(tmp_path),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--no-proxy-headers",
-         "--no-access-log", "--log-level", "warning"],
+         "--no-access-log", "--log-level", "warning", "--loop", loop],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"

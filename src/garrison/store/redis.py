@@ -434,11 +434,13 @@ class _Replies(asyncio.Protocol):
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe = pipe
         self.parser: Any = pipe._hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
+        # Any, not asyncio.Transport: uvloop's transports (uvicorn[standard] runs on uvloop)
+        # write and close like one but are not its subclasses, and a checked type here made
+        # every connection fail there, so the store only ever failed open.
+        self.transport: Any = None
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
