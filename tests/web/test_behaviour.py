@@ -251,6 +251,45 @@ def test_fused_verdict_blocklist_is_a_hard_cap() -> None:
     assert unknown.trust == 0.5
 
 
+@pytest.mark.parametrize("weights", [None, {"bot": 0.7, "rate": 0.3}, {"bot": 1.0},
+                                     {"rate": 1.0}])
+def test_the_engines_plain_verdict_is_fuses(weights: dict[str, float] | None) -> None:
+    """Without a reputation source the engine fuses inline (and shares the verdict of clients
+    not judged yet): the result must be fuse()'s, component for component."""
+    opts = (WebOptions(bus=EventBus(), trust_weights=weights) if weights
+            else WebOptions(bus=EventBus()))
+    eng = WebEngine(opts)
+    for bot, rate in itertools.product((None, 0.0, 0.3, 1.0), (None, 0.0, 0.5, 0.97, 0.5)):
+        mine = eng._plain(bot, rate)
+        ref = fuse(bot_risk=bot, reputation=None, honeypot_hits=0, rate_trust=rate,
+                   blocklisted=False, weights=opts.trust_weights)
+        assert mine.trust == pytest.approx(ref.trust), (bot, rate)
+        assert (mine.bot_risk, mine.rate_trust, mine.blocklisted) == (
+            ref.bot_risk, ref.rate_trust, ref.blocklisted)
+        assert dict(mine.components) == dict(ref.components), (bot, rate)
+    assert eng._plain(None, 0.5) is eng._plain(None, 0.5)  # shared while the trust is the same
+    assert eng._plain(None, 0.6).rate_trust == 0.6
+
+
+def test_new_clients_share_their_admitted_decision() -> None:
+    """A flood from new addresses must not leave two more objects per client for the cyclic
+    GC to walk: clients not judged yet, with the same rate trust, share one verdict and one
+    decision (immutable: the verdict's components are a read-only mapping)."""
+    eng = WebEngine(WebOptions(bus=EventBus(), trusted_proxies=["127.0.0.1"]))
+    decisions = []
+    for i in range(200):
+        c = eng.identify("127.0.0.1", {"x-forwarded-for": f"203.0.113.{i % 250}",
+                                       "cookie": f"session=n{i}"})
+        pre = eng.precheck(c, T0 + i)
+        d = pre if not isinstance(pre, CheckRequest) else None
+        assert d is not None and d.allowed
+        decisions.append(d)
+    assert len({id(d) for d in decisions}) <= 2
+    assert len({id(d.verdict) for d in decisions}) <= 2
+    with pytest.raises(TypeError):
+        decisions[0].verdict.components["rate"] = 1.0  # type: ignore[index]
+
+
 def test_options_reject_unknown_and_bad_values() -> None:
     with pytest.raises(TypeError):
         WebOptions(treshold=0.5)  # type: ignore[call-arg]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -60,6 +60,12 @@ def _in(ip: IPAddress, nets: tuple[IPNetwork, ...]) -> bool:
     return any(ip.version == n.version and ip in n for n in nets)
 
 
+_PEERS = 4096
+"""Socket peers :meth:`AddressPolicy.client` remembers parsed (cleared when full): behind a
+proxy every request comes from one or a few, so each new client behind it costs one address
+to parse and check instead of two."""
+
+
 @dataclass(frozen=True, slots=True)
 class AddressPolicy:
     """How to find and group the client address. Prefix lengths in bits."""
@@ -70,6 +76,9 @@ class AddressPolicy:
     ipv6_prefix: int = 64
     travel_ipv4_prefix: int = 24
     travel_ipv6_prefix: int = 64
+    _peers: dict[str, tuple[IPAddress | None, bool]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    """Socket peers parsed, with whether each is a trusted proxy (see :data:`_PEERS`)."""
 
     def __post_init__(self) -> None:
         if not (0 < self.ipv4_prefix <= 32 and 0 < self.travel_ipv4_prefix <= 32):
@@ -79,10 +88,16 @@ class AddressPolicy:
 
     def client(self, peer: str | None, header: str | None) -> IPAddress | None:
         """The client address given the socket peer and the forwarding header value."""
-        ip = parse_ip(peer)
-        if ip is None or not header or not self.trusted_proxies:
-            return ip
-        if not _in(ip, self.trusted_proxies):
+        known = self._peers.get(peer) if peer is not None else None
+        if known is None:
+            ip = parse_ip(peer)
+            known = (ip, ip is not None and _in(ip, self.trusted_proxies))
+            if peer is not None:
+                if len(self._peers) >= _PEERS:
+                    self._peers.clear()
+                self._peers[peer] = known
+        ip, trusted = known
+        if ip is None or not header or not trusted:
             return ip
         for item in reversed(_header_items(header, self.forwarded_header)):
             hop = parse_ip(item)
