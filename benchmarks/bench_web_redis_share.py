@@ -1,0 +1,134 @@
+"""How often the Redis store is asked: the share of requests that take a round trip.
+
+With ``redis://`` a returning client is admitted from its local lease (at most ``lease_max``
+requests or ``lease_ttl`` seconds) and its session from a binding confirmed for a quarter of
+``travel_window``; when either runs out the request is checked in full, through Redis. How
+often that happens depends on how many clients share the traffic, so the Redis rows of the
+server benchmarks move with ``--clients`` and the request rate more than with the code. This
+drives the ASGI middleware in-process (on uvloop, as ``uvicorn[standard]`` serves, else
+asyncio) against a real ``redis-server`` started here on a free loopback port, on a simulated
+clock, each request from any client at random, and counts the store's answers for each
+(clients, rate) pair. Written to ``docs/benchmarks/web-redis-share.md``.
+
+Run: ``.venv/bin/python benchmarks/bench_web_redis_share.py [--requests 400000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_web import ROOT, WARM_PASSES, start_redis
+from machine import cpu_model, write_report
+
+CASES = ((10_000, 10_000.0), (120_000, 10_000.0), (120_000, 40_000.0))
+"""(clients, requests per second): the h11 benchmarks' traffic, the same clients at httptools'
+rate's share per client, and the httptools benchmarks' traffic."""
+
+
+async def count(url: str, clients: int, rate: float, requests: int,
+                start: float) -> dict[str, float]:
+    """Warm ``clients`` (two per session) with :data:`WARM_PASSES` requests each, then send
+    ``requests`` from clients at random, the clock starting at ``start`` (each case far from
+    the last, so what Redis keeps of one has expired for the next); the store's answers and
+    full checks per request."""
+    from garrison.bus import EventBus
+    from garrison.web import GarrisonMiddleware
+
+    clock = [start]
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def send(message: object) -> None:
+        return None
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def scope(i: int) -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
+                "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5555),
+                "server": ("127.0.0.1", 8000), "state": {},
+                "headers": [(b"x-forwarded-for",
+                             f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}".encode()),
+                            (b"cookie", f"session=s{i // 2}".encode())]}
+
+    mw = GarrisonMiddleware(bare, store=url, bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                            clock=lambda: clock[0])
+    eng = mw.engine
+
+    async def one(i: int) -> None:
+        clock[0] += 1.0 / rate
+        await mw(scope(i), receive, send)
+
+    for _ in range(WARM_PASSES):
+        for i in range(clients):
+            await one(i)
+    before, full0 = dict(eng.metrics.answers()), eng.metrics.full_checks
+    rng = random.Random(1)
+    for _ in range(requests):
+        await one(rng.randrange(clients))
+    after = dict(eng.metrics.answers())
+    await eng.store.aclose()
+    return {"redis": (after.get("redis", 0) - before.get("redis", 0)) / requests,
+            "full": (eng.metrics.full_checks - full0) / requests}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=400_000, help="counted per case")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-redis-share.md"))
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        run: Any = uvloop.run
+        loop_name = "uvloop"
+    except ImportError:
+        run, loop_name = asyncio.run, "asyncio"
+    t0 = time.monotonic()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gw-share-") as tmp:
+        proc, url = start_redis(Path(tmp))
+        try:
+            for k, (clients, rate) in enumerate(CASES):
+                r = run(count(url, clients, rate, args.requests, 1.7e9 + 1e5 * k))
+                rows.append((clients, rate, r))
+                print(f"{clients:,} clients at {rate:,.0f} req/s: {r['redis']:.1%} ask Redis",
+                      flush=True)
+        finally:
+            proc.kill()
+            proc.wait()
+    lines = [
+        "# Web middleware, how often Redis is asked",
+        "",
+        f"- machine: {os.cpu_count()} CPUs, {cpu_model()}; Python {platform.python_version()}; "
+        f"{loop_name}",
+        f"- command: `.venv/bin/python benchmarks/bench_web_redis_share.py --requests "
+        f"{args.requests}` ({time.monotonic() - t0:.0f} s)",
+        f"- the ASGI middleware in-process on `redis://` (a redis-server started here, default "
+        f"leases: 12 requests or 60 s; session bindings confirmed for 15 s), clients two per "
+        f"session, each warmed with {WARM_PASSES} requests, then {args.requests:,} requests "
+        "from clients at random on a simulated clock",
+        "",
+        "| clients | requests/s | per address (req/min) | asked Redis | checked in full |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for clients, rate, r in rows:
+        lines.append(f"| {clients:,} | {rate:,.0f} | {rate / clients * 60:.0f} | "
+                     f"{r['redis']:.1%} | {r['full']:.1%} |")
+    lines.append("")
+    write_report(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
