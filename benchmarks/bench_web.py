@@ -58,9 +58,9 @@ PINNED = len(os.sched_getaffinity(0)) >= 2
 SERVER_CPUS, LOAD_CPUS = ({0}, {1}) if PINNED else (set(), set())
 
 
-STACKS = {
-    "h11": ["--http", "h11", "--loop", "asyncio"],
-    "httptools": ["--http", "httptools", "--loop", "uvloop"],
+STACKS = {  # name: uvicorn's --http, --loop
+    "h11": ("h11", "asyncio"),
+    "httptools": ("httptools", "uvloop"),
 }
 """uvicorn's HTTP parser and event loop, named explicitly (uvicorn's "auto" would switch to
 httptools and uvloop wherever they happen to be installed). h11 and asyncio are what plain
@@ -91,7 +91,13 @@ def server_flag(stack: str) -> str:
 
 def server_text(stack: str) -> str:
     """How a report names the server's parser and loop."""
-    return "h11, asyncio" if stack == "h11" else "httptools, uvloop"
+    return ", ".join(STACKS[stack])
+
+
+def server_args(stack: str) -> list[str]:
+    """uvicorn's arguments for ``stack``."""
+    http, loop = STACKS[stack]
+    return ["--http", http, "--loop", loop]
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -393,7 +399,7 @@ def start(v: Variant, redis_url: str, workdir: Path, stack: str = "h11") -> Serv
     proc = subprocess.Popen(
         [sys.executable, "-W", "ignore", "-m", "uvicorn", "benchapp:app", "--app-dir",
          str(workdir), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-         "--log-level", "warning", "--no-proxy-headers", *STACKS[stack]],
+         "--log-level", "warning", "--no-proxy-headers", *server_args(stack)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     pin(proc.pid, SERVER_CPUS)

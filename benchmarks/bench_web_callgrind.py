@@ -33,13 +33,13 @@ from pathlib import Path
 from bench_web import (
     CLIENTS,
     ROOT,
-    STACKS,
     WARM_PASSES,
     add_traffic_option,
     compiled,
     counters,
     free_port,
     prepare,
+    server_args,
     traffic_flag,
     wait_port,
 )
@@ -63,7 +63,7 @@ def run(variant: str, workdir: Path, seconds: int, store: str = "memory://") -> 
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CACHE,
          f"--callgrind-out-file={out}", sys.executable, "-W", "ignore", "-m", "uvicorn",
          "benchapp:app", "--app-dir", str(workdir), "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--log-level", "warning", "--no-proxy-headers", *STACKS["h11"]],
+         "--no-access-log", "--log-level", "warning", "--no-proxy-headers", *server_args("h11")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, 180)

@@ -51,6 +51,46 @@ RATE = 9_400.0
 WARM_PASSES = 8
 
 
+Headers = list[tuple[bytes, bytes]]
+
+
+def client_headers(i: int, net: int = 0, session: str = "") -> Headers:
+    """The headers of client ``i`` as wrk sends them in ``bench_web.py``: ``X-Forwarded-For``
+    10.(net + i // 62500).x.y, and a session cookie (``s{i // 2}``, two clients per session,
+    unless ``session`` names one)."""
+    return [(b"host", b"127.0.0.1:8000"),
+            (b"x-forwarded-for",
+             f"10.{net + i // 62500}.{i // 250 % 250}.{i % 250 + 1}".encode()),
+            (b"cookie", f"session={session or f's{i // 2}'}".encode()), (b"user-agent", b"wrk")]
+
+
+def http_scope(h: Headers) -> dict[str, Any]:
+    """An HTTP scope as uvicorn builds it, behind a proxy at 127.0.0.1, with header objects
+    made fresh for the request, as a server parses them."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5555),
+            "server": ("127.0.0.1", 8000), "state": {},
+            "headers": [(bytes(bytearray(k)), bytes(bytearray(v))) for k, v in h]}
+
+
+async def bare(scope: Any, receive: Any, send: Any) -> None:
+    """The minimal app of the server benchmarks."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def discard(message: object) -> None:
+    """A server's ``send`` that sends nothing."""
+    return None
+
+
+async def receive() -> dict[str, object]:
+    """A server's ``receive`` for a request without a body."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 def worker(requests: int) -> dict[str, float]:
     """One round in this process: per-request microseconds of each measured path."""
     import gc
@@ -65,30 +105,9 @@ def worker(requests: int) -> dict[str, float]:
         clock[0] += 1.0 / RATE
         return clock[0]
 
-    async def bare(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    async def send(message: object) -> None:
-        return None
-
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    headers = [[(b"host", b"127.0.0.1:8000"),
-                (b"x-forwarded-for",
-                 f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}".encode()),
-                (b"cookie", f"session=s{i // 2}".encode()), (b"user-agent", b"wrk")]
-               for i in range(CLIENTS)]
-
-    def scope(h: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-        return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
-                "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5555),
-                "server": ("127.0.0.1", 8000), "state": {},
-                # fresh objects per request, as a server parses them
-                "headers": [(bytes(bytearray(k)), bytes(bytearray(v))) for k, v in h]}
+    headers = [client_headers(i) for i in range(CLIENTS)]
+    scope = http_scope
+    send = discard
 
     def drive(app: Any, h: list[tuple[bytes, bytes]]) -> None:
         coro = app(scope(h), receive, send)
@@ -136,11 +155,7 @@ def worker(requests: int) -> dict[str, float]:
     # clients never seen before, one request each, as a flood from new addresses sends them
     # (addresses 10.16.0.1 and up, past the warmed ones; a new session cookie each)
     n = max(requests // 4, 1)
-    fresh = [[(b"host", b"127.0.0.1:8000"),
-              (b"x-forwarded-for",
-               f"10.{16 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}".encode()),
-              (b"cookie", f"session=n{i}".encode()), (b"user-agent", b"wrk")]
-             for i in range(n)]
+    fresh = [client_headers(i, net=16, session=f"n{i}") for i in range(n)]
     t0 = time.perf_counter()
     for h in fresh:
         drive(bare, h)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_web import ROOT, WARM_PASSES, start_redis
+from bench_web_inprocess import bare, client_headers, discard, http_scope, receive
 from machine import cpu_model, write_report
 
 CASES = ((10_000, 10_000.0), (120_000, 10_000.0), (120_000, 40_000.0))
@@ -43,32 +44,13 @@ async def count(url: str, clients: int, rate: float, requests: int,
     from garrison.web import GarrisonMiddleware
 
     clock = [start]
-
-    async def bare(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    async def send(message: object) -> None:
-        return None
-
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    def scope(i: int) -> dict[str, Any]:
-        return {"type": "http", "method": "GET", "path": "/", "raw_path": b"/",
-                "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5555),
-                "server": ("127.0.0.1", 8000), "state": {},
-                "headers": [(b"x-forwarded-for",
-                             f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}".encode()),
-                            (b"cookie", f"session=s{i // 2}".encode())]}
-
     mw = GarrisonMiddleware(bare, store=url, bus=EventBus(), trusted_proxies=["127.0.0.1"],
                             clock=lambda: clock[0])
     eng = mw.engine
 
     async def one(i: int) -> None:
         clock[0] += 1.0 / rate
-        await mw(scope(i), receive, send)
+        await mw(http_scope(client_headers(i)), receive, discard)
 
     for _ in range(WARM_PASSES):
         for i in range(clients):

@@ -13,6 +13,7 @@ import pytest
 from garrison.bus import EventBus
 from garrison.store.base import CheckRequest
 from garrison.store.records import Record, RecordTable
+from garrison.web import clientaddr
 from garrison.web import engine as engine_module
 from garrison.web.behaviour import HISTORY, History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
@@ -219,6 +220,21 @@ def test_forwarded_header_is_ignored_without_a_trusted_proxy() -> None:
     assert str(plain.client("::ffff:192.0.2.1", None)) == "192.0.2.1"
 
 
+def test_socket_peers_are_parsed_once_and_stay_bounded() -> None:
+    """The address policy remembers each socket peer it parsed (a proxy's address comes with
+    every request); answered from memory, the forwarding header is still believed only from a
+    trusted proxy, and a flood of distinct peers keeps the memory bounded."""
+    p = AddressPolicy(trusted_proxies=parse_networks(["127.0.0.1"]))
+    for _ in range(2):  # the second pass is answered from the remembered peers
+        assert str(p.client("127.0.0.1", "203.0.113.5")) == "203.0.113.5"
+        assert str(p.client("192.0.2.9", "203.0.113.5")) == "192.0.2.9"
+        assert p.client("garbage", "203.0.113.5") is None
+    for i in range(10_000):
+        p.client(str(ipaddress.IPv4Address(0xC6336400 + i)), None)  # 198.51.100.0 and up
+    assert 0 < len(p._peers) <= clientaddr._PEERS
+    assert str(p.client("127.0.0.1", "203.0.113.7")) == "203.0.113.7"
+
+
 def test_rfc7239_forwarded_header() -> None:
     p = AddressPolicy(trusted_proxies=parse_networks(["127.0.0.1"]), forwarded_header="forwarded")
     assert str(p.client("127.0.0.1", 'for="[2001:db8::1]";proto=https')) == "2001:db8::1"
@@ -284,8 +300,8 @@ def test_new_clients_share_their_admitted_decision() -> None:
         d = pre if not isinstance(pre, CheckRequest) else None
         assert d is not None and d.allowed
         decisions.append(d)
-    assert len({id(d) for d in decisions}) <= 2
-    assert len({id(d.verdict) for d in decisions}) <= 2
+    assert len({id(d) for d in decisions}) == 1  # all new: the same rate trust
+    assert len({id(d.verdict) for d in decisions}) == 1
     with pytest.raises(TypeError):
         decisions[0].verdict.components["rate"] = 1.0  # type: ignore[index]
 
