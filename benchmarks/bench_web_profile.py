@@ -34,13 +34,14 @@ from pathlib import Path
 
 from bench_web import (
     APP,
-    CLIENTS,
     LOAD_CPUS,
     ROOT,
     WARM_PASSES,
     Server,
     Variant,
+    add_clients_option,
     add_server_option,
+    clients_flag,
     compiled,
     parse_wrk,
     pin,
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--framework", choices=("asgi", "starlette", "fastapi"), default="asgi",
                     help="the app under the middleware (as in bench_web.py)")
     ap.add_argument("--top", type=int, default=25, help="functions listed")
+    add_clients_option(ap)
     add_server_option(ap)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "web-profile.md"))
     args = ap.parse_args()
@@ -175,7 +177,7 @@ def main() -> None:
     calls: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="gw-profile-") as tmp:
         workdir = Path(tmp)
-        redis_proc, redis_url = prepare(workdir)
+        redis_proc, redis_url = prepare(workdir, clients=args.clients)
         (workdir / "benchapp.py").write_text(APP + HOOK)
         servers: list[Server] = []
         try:
@@ -220,11 +222,12 @@ def main() -> None:
         f"{args.duration} --rounds {args.rounds}"
         + (f" --store {args.store}" if args.store != "memory" else "")
         + (f" --framework {args.framework}" if args.framework != "asgi" else "")
-        + (f" --top {args.top}" if args.top != 25 else "") + server_flag(args.server) + "` "
+        + (f" --top {args.top}" if args.top != 25 else "") + clients_flag(args.clients)
+        + server_flag(args.server) + "` "
         f"({time.monotonic() - started:.0f} s)",
         f"- uvicorn ({server_text(args.server)}, one worker, pinned to CPU 0), the "
         f"{APPS[args.framework]} bare and "
-        f"under the middleware (`{args.store}`), {CLIENTS:,} clients each warmed with "
+        f"under the middleware (`{args.store}`), {args.clients:,} clients each warmed with "
         f"{WARM_PASSES} requests, then in turns {args.rounds} x {args.duration} s of "
         f"`wrk -t1 -c32` each, sampled with `perf record -e cpu-clock -F {FREQ}`: "
         f"{requests['bare']:,} and "
