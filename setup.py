@@ -4,6 +4,8 @@ Everything else about the package is declared in pyproject.toml. The modules in 
 compiled to C extensions by mypyc: the same source, type-checked, no second implementation
 (docs/benchmarks/web.md says what it buys). When mypyc or a C compiler is missing, or
 ``GARRISON_PURE=1`` is set, the package is pure Python and behaves the same, only slower.
+``garrison._acyclic`` (a few lines of C, see garrison/acyclic.py) is built alongside whenever a
+C compiler is there.
 
 After a successful build, ``garrison/_native.txt`` records the sha256 of every compiled source;
 ``garrison/_native.py`` loads compiled modules only while their sources still match, so an
@@ -18,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -52,22 +54,27 @@ def native_extensions() -> list[object]:
     if os.environ.get("GARRISON_PURE") == "1":
         print("garrison: GARRISON_PURE=1, building pure Python", file=sys.stderr)
         return []
+    # A few lines of C of our own (garrison/acyclic.py): needs a compiler, not mypyc.
+    acyclic = Extension("garrison._acyclic", ["src/garrison/_acyclic.c"])
     try:
         from mypyc.build import mypycify
     except ImportError:
-        print("garrison: mypyc not available, building pure Python", file=sys.stderr)
-        return []
+        print("garrison: mypyc not available, compiling only garrison._acyclic",
+              file=sys.stderr)
+        return [acyclic]
     try:
         # The project's own mypy settings (strict, the pydantic plugin) need the whole
         # environment installed; code generation needs none of that, so compile with a
         # neutral configuration in which anything not installed here is simply Any.
-        return list(mypycify([*(str(source(m).relative_to(ROOT)) for m in NATIVE),
-                              "--config-file", os.devnull, "--ignore-missing-imports",
-                              "--follow-imports=silent"],
-                             opt_level="3", target_dir=str(ROOT / "build" / "mypyc")))
+        compiled = mypycify([*(str(source(m).relative_to(ROOT)) for m in NATIVE),
+                             "--config-file", os.devnull, "--ignore-missing-imports",
+                             "--follow-imports=silent"],
+                            opt_level="3", target_dir=str(ROOT / "build" / "mypyc"))
+        return [*compiled, acyclic]
     except BaseException as exc:  # a type error or a missing tool: the pure package works
-        print(f"garrison: mypyc failed ({exc!r}); building pure Python", file=sys.stderr)
-        return []
+        print(f"garrison: mypyc failed ({exc!r}); compiling only garrison._acyclic",
+              file=sys.stderr)
+        return [acyclic]
 
 
 class OptionalBuildExt(build_ext):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import itertools
+import json
 import math
 import random
 
@@ -302,8 +303,16 @@ def test_new_clients_share_their_admitted_decision() -> None:
         decisions.append(d)
     assert len({id(d) for d in decisions}) == 1  # all new: the same rate trust
     assert len({id(d.verdict) for d in decisions}) == 1
-    with pytest.raises(TypeError):
-        decisions[0].verdict.components["rate"] = 1.0  # type: ignore[index]
+    verdict = decisions[0].verdict
+    assert verdict is not None
+    shared = verdict.components
+    assert isinstance(shared, dict)  # a dict (json and every Mapping use work), read-only
+    for change in (lambda: shared.__setitem__("rate", 1.0), lambda: shared.update(rate=1.0),
+                   shared.clear, lambda: shared.pop("rate"),
+                   lambda: shared.setdefault("x", 1.0)):
+        with pytest.raises(TypeError):
+            change()
+    assert json.loads(json.dumps(shared)) == dict(shared) == {"rate": shared["rate"]}
 
 
 def test_options_reject_unknown_and_bad_values() -> None:

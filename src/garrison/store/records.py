@@ -19,6 +19,7 @@ bumps :attr:`RecordTable.gen`, which invalidates the cached clients.
 
 from __future__ import annotations
 
+from garrison.acyclic import allow, untrack
 from garrison.web.behaviour import History
 
 
@@ -44,6 +45,7 @@ class Record(History):
     def __init__(self, trust: float) -> None:
         super().__init__()
         self.reset(trust)
+        untrack(self)  # text and numbers only: never in a cycle (garrison.acyclic)
 
     def reset(self, trust: float) -> None:
         """Forget everything (the record expired); keeps the object so references stay valid."""
@@ -77,6 +79,10 @@ class Record(History):
     def risk(self) -> float | None:
         """The last risk 0..1 scoring found, None before it judged this identity."""
         return None if self.score < 0.0 else self.score
+
+
+# Compiled, its deallocator is mypyc's, which copes with an untracked object (garrison.acyclic).
+allow(Record)
 
 
 class RecordTable:

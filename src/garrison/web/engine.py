@@ -30,11 +30,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from librt.vecs import vec
 
+from garrison.acyclic import allow, untrack
 from garrison.bus import EventBus
 from garrison.events import BOT_BLOCKED, IMPOSSIBLE_TRAVEL, RATE_LIMITED, Event, Severity
 
@@ -68,7 +68,7 @@ from garrison.web.behaviour import (
 from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
 from garrison.web.metrics import WebMetrics
 from garrison.web.options import WebOptions
-from garrison.web.verdict import Verdict, fuse
+from garrison.web.verdict import SharedComponents, Verdict, fuse
 
 if TYPE_CHECKING:
     from garrison.store.memory import MemoryStore
@@ -173,6 +173,12 @@ class PathInfo:
         self.h = path_hash(text)
 
 
+# Compiled, their deallocators are mypyc's, which cope with untracked objects
+# (garrison.acyclic).
+allow(Client)
+allow(PathInfo)
+
+
 class Answered:
     """A slot of the scoring batch: an answered request's client, path, status, bytes sent and
     arrival time (seconds); ``client`` None when the slot is free.
@@ -228,6 +234,18 @@ class Decision(NamedTuple):
 PASS: Final = Decision(allowed=True)
 _NEUTRAL: Final = Verdict(0.5)
 _INF: Final = float("inf")
+
+
+def _kept(decision: Decision) -> Decision:
+    """``decision``, which a client keeps (armed), out of the cyclic GC with its verdict and
+    the verdict's components: text and numbers only, never in a cycle (garrison.acyclic).
+    With ``redis://`` every renewal arms a new one, and tracked, each was promoted to the
+    oldest generation, calling full collections over every client's objects."""
+    verdict = decision.verdict
+    if verdict is not None:
+        untrack(verdict.components)
+        untrack(verdict)
+    return untrack(decision)
 
 
 def _risk_of(verdict: Verdict | None) -> float:
@@ -501,10 +519,15 @@ class WebEngine:
                                            else (key,) if key else (session,) if session else ())
         else:
             identities = tuple(i for i in (key, session, api_key) if i)
-        client = Client(where[0], key, where[2], session, api_key, agent, where[3], identities)
+        # A client and what it keeps are never in a reference cycle: they are kept out of the
+        # cyclic GC, which would otherwise walk them all in every full collection
+        # (garrison.acyclic; tests/web/test_acyclic.py checks the graph).
+        client = untrack(Client(where[0], key, where[2], session, api_key, agent, where[3],
+                                identities))
         if session and client.travel:
-            client.binding = Binding(session, client.travel, agent, o.travel_session_ttl,
-                                     o.travel_ban, o.travel_window)
+            client.binding = untrack(Binding(session, client.travel, agent,
+                                             o.travel_session_ttl, o.travel_ban,
+                                             o.travel_window))
         return client
 
     def _resolve(self, peer: str | None, fwd: str | None) -> _Where:
@@ -562,7 +585,7 @@ class WebEngine:
                 recs = tuple(table.get(i, now) for i in client.identities)
                 if table.gen == gen:
                     break
-        client.recs = recs
+        client.recs = untrack(recs)
         client.r0 = recs[0] if recs else None
         client.r1 = recs[1] if len(recs) > 1 else None
         data = table.data
@@ -702,7 +725,7 @@ class WebEngine:
         if (decision.allowed and not decision.dry_run and not result.degraded
                 and (self._local or self._leased)
                 and len(client.recs) <= 2):  # three identities (an API key): always in full
-            client.ready, client.until = decision, now + self._refresh
+            client.ready, client.until = _kept(decision), now + self._refresh
             client.verdict = decision.verdict
             client.armed_risk = _risk_of(decision.verdict)
         return decision
@@ -757,7 +780,7 @@ class WebEngine:
             trust = rate_trust if wr else 0.5
             trust = 0.0 if trust < 0.0 else 1.0 if trust > 1.0 else trust
             shared = Verdict(trust, None, None, 0, rate_trust, False,
-                             MappingProxyType({"rate": rate_trust}))
+                             SharedComponents({"rate": rate_trust}))
             self._unjudged_rate, self._unjudged = rate_trust, shared
             self._unjudged_admit = Decision(True, None, 0.0, 200, shared)
             return shared
@@ -784,7 +807,7 @@ class WebEngine:
         if verdict.trust < self.options.min_trust:
             client.ready = None
         else:
-            client.ready = Decision(True, None, 0.0, 200, verdict)
+            client.ready = _kept(Decision(True, None, 0.0, 200, verdict))
             client.verdict = verdict
             client.armed_risk = _risk_of(verdict)
 
@@ -831,7 +854,7 @@ class WebEngine:
         paths = self._paths
         info = paths.get(path)
         if info is None:  # a path not seen lately; the request's own string is let go hot
-            info = PathInfo(path)
+            info = untrack(PathInfo(path))
             self._paths_budget.keep(paths, path, info, len(path))
         if self.threaded:
             with self._lock:

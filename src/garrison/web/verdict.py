@@ -10,8 +10,7 @@ renormalised. Hard overrides come last: a blocklisted address is capped at ``blo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
-from typing import Final, NamedTuple, Protocol, runtime_checkable
+from typing import Final, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 DEFAULT_TRUST_WEIGHTS: Final = {"bot": 0.4, "reputation": 0.3, "honeypot": 0.15, "rate": 0.15}
 HONEYPOT_FULL: Final = 3
@@ -34,6 +33,22 @@ class ReputationSource(Protocol):
     def honeypot_hits(self, ip: str) -> int: ...
 
 
+class SharedComponents(dict[str, float]):
+    """The components of a verdict that many clients share (the engine keeps one per rate
+    trust for clients not judged yet): read-only, so that an app changing its own request's
+    verdict cannot change everyone else's. A dict still, so ``json.dumps`` and every other
+    use of a verdict's components work on it as on any other; and unlike a
+    ``MappingProxyType`` the collector may be spared it (garrison.acyclic)."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("the components of a shared verdict are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
 class Verdict(NamedTuple):
     """The trust verdict of one request (0..1 each; None: not known) and what fed it."""
 
@@ -43,7 +58,7 @@ class Verdict(NamedTuple):
     honeypot_hits: int = 0
     rate_trust: float | None = None
     blocklisted: bool = False
-    components: Mapping[str, float] = MappingProxyType({})
+    components: Mapping[str, float] = SharedComponents()
 
 
 def fuse(*, bot_risk: float | None, reputation: float | None, honeypot_hits: int,
