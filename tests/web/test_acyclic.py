@@ -129,6 +129,11 @@ def test_clients_and_what_they_keep_are_out_of_the_collector(reputation: bool) -
             assert not gc.is_tracked(obj), (type(obj), obj)
     for info in eng._paths.values():
         assert not gc.is_tracked(info)
+    # the dicts that hold them all, up to 200,000 entries each, are spared full walks too
+    eng.identify_raw(("127.0.0.1", *(None for _ in eng.raw_names)))
+    for big in (eng.records.data, eng._client_cache, eng.raw_clients, eng._addr_cache,
+                eng._paths):
+        assert big and not gc.is_tracked(big)
     # and the collector does not grow with the clients: a thousand more add almost nothing
     gc.collect()
     before = len(gc.get_objects())

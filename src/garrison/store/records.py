@@ -112,6 +112,9 @@ class RecordTable:
             if len(self.data) >= self.cap:
                 self.sweep(now)
             self.data[identity] = rec
+            # text keys, records never in a cycle: spared the collector's full walks (storing
+            # a record tracks the dict again, hence after every store; garrison.acyclic)
+            untrack(self.data)
         elif rec.expires <= now:
             rec.reset(self.initial_trust)
         return rec
@@ -127,5 +130,5 @@ class RecordTable:
             ranked = sorted(reversed(live.items()), key=lambda kv: kv[1].expires, reverse=True)
             live = dict(reversed(ranked[:keep]))
         self.evicted += len(data) - len(live)
-        self.data = live
+        self.data = untrack(live)
         self.gen += 1

@@ -298,6 +298,10 @@ class _Budget:
         if size <= _CACHE_BYTES:
             cache[key] = value
             self.text += size
+            # Keys of text, values never in a cycle (clients, paths, address tuples): a dict
+            # of up to 200,000 of them is spared the collector's every full walk. Storing an
+            # object the collector may track tracks the dict again, hence after every store.
+            untrack(cache)
 
 
 def _hash(kind: str, value: str) -> str:
