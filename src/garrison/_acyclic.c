@@ -20,7 +20,12 @@ qualifies(PyTypeObject *tp)
     if (tp == &PyTuple_Type || tp == &PyDict_Type || tp->tp_dealloc == subtype_dealloc) {
         return 1;
     }
-    return PySet_Contains(allowed, (PyObject *)tp) == 1;
+    int found = PySet_Contains(allowed, (PyObject *)tp);
+    if (found < 0) {  /* a metaclass whose hash fails: not allowed, and no error left set */
+        PyErr_Clear();
+        return 0;
+    }
+    return found;
 }
 
 static PyObject *
@@ -34,15 +39,21 @@ untrack(PyObject *module, PyObject *obj)
     return obj;
 }
 
+static int
+check_type(PyObject *tp, const char *name)
+{
+    if (!PyType_Check(tp)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a type", name);
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *
 allow(PyObject *module, PyObject *tp)
 {
     (void)module;
-    if (!PyType_Check(tp)) {
-        PyErr_SetString(PyExc_TypeError, "allow() takes a type");
-        return NULL;
-    }
-    if (PySet_Add(allowed, tp) < 0) {
+    if (!check_type(tp, "allow") || PySet_Add(allowed, tp) < 0) {
         return NULL;
     }
     Py_INCREF(tp);
@@ -53,8 +64,7 @@ static PyObject *
 untrackable(PyObject *module, PyObject *tp)
 {
     (void)module;
-    if (!PyType_Check(tp)) {
-        PyErr_SetString(PyExc_TypeError, "untrackable() takes a type");
+    if (!check_type(tp, "untrackable")) {
         return NULL;
     }
     return PyBool_FromLong(qualifies((PyTypeObject *)tp));
