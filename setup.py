@@ -4,8 +4,8 @@ Everything else about the package is declared in pyproject.toml. The modules in 
 compiled to C extensions by mypyc: the same source, type-checked, no second implementation
 (docs/benchmarks/web.md says what it buys). When mypyc or a C compiler is missing, or
 ``GARRISON_PURE=1`` is set, the package is pure Python and behaves the same, only slower.
-``garrison._acyclic`` (a few lines of C, see garrison/acyclic.py) is built alongside whenever a
-C compiler is there.
+``garrison._acyclic`` and ``garrison._rawkey`` (a few lines of C each, see garrison/acyclic.py
+and garrison/web/rawkey.py) are built alongside whenever a C compiler is there.
 
 After a successful build, ``garrison/_native.txt`` records the sha256 of every compiled source;
 ``garrison/_native.py`` loads compiled modules only while their sources still match, so an
@@ -54,14 +54,16 @@ def native_extensions() -> list[object]:
     if os.environ.get("GARRISON_PURE") == "1":
         print("garrison: GARRISON_PURE=1, building pure Python", file=sys.stderr)
         return []
-    # A few lines of C of our own (garrison/acyclic.py): needs a compiler, not mypyc.
-    acyclic = Extension("garrison._acyclic", ["src/garrison/_acyclic.c"])
+    # A few lines of C of our own (garrison/acyclic.py, garrison/web/rawkey.py): they need a
+    # compiler, not mypyc.
+    own = [Extension("garrison._acyclic", ["src/garrison/_acyclic.c"]),
+           Extension("garrison._rawkey", ["src/garrison/_rawkey.c"])]
     try:
         from mypyc.build import mypycify
     except ImportError:
-        print("garrison: mypyc not available, compiling only garrison._acyclic",
+        print("garrison: mypyc not available, compiling only garrison's own C helpers",
               file=sys.stderr)
-        return [acyclic]
+        return own
     try:
         # The project's own mypy settings (strict, the pydantic plugin) need the whole
         # environment installed; code generation needs none of that, so compile with a
@@ -70,11 +72,11 @@ def native_extensions() -> list[object]:
                              "--config-file", os.devnull, "--ignore-missing-imports",
                              "--follow-imports=silent"],
                             opt_level="3", target_dir=str(ROOT / "build" / "mypyc"))
-        return [*compiled, acyclic]
+        return [*compiled, *own]
     except BaseException as exc:  # a type error or a missing tool: the pure package works
-        print(f"garrison: mypyc failed ({exc!r}); compiling only garrison._acyclic",
+        print(f"garrison: mypyc failed ({exc!r}); compiling only garrison's own C helpers",
               file=sys.stderr)
-        return [acyclic]
+        return own
 
 
 class OptionalBuildExt(build_ext):

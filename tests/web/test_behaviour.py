@@ -20,6 +20,7 @@ from garrison.web.behaviour import HISTORY, History, path_hash
 from garrison.web.clientaddr import AddressPolicy, parse_networks
 from garrison.web.engine import WebEngine
 from garrison.web.options import WebOptions
+from garrison.web.rawkey import encode
 from garrison.web.verdict import fuse
 from tests.web import scenarios as sc
 
@@ -159,7 +160,7 @@ def test_client_cache_holds_as_many_clients_as_the_caps() -> None:
 
     first = [eng.identify_raw(key(i)) for i in range(n)]
     assert len(eng.raw_clients) == n
-    assert all(eng.raw_clients.get(key(i)) is first[i] for i in range(0, n, 997))
+    assert all(eng.raw_clients.get(encode(key(i))) is first[i] for i in range(0, n, 997))
     small = WebEngine(WebOptions(bus=EventBus(), trusted_proxies=["127.0.0.1"], max_ips=64,
                                  max_sessions=64))
     for i in range(1000):

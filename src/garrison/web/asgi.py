@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from garrison.store.base import CheckRequest
+from garrison.web import rawkey
 from garrison.web.engine import Client, Decision, WebEngine
 from garrison.web.options import WebOptions
 from garrison.web.sqlfw import load_inspector, scan, wants_body
@@ -163,11 +164,7 @@ class GarrisonMiddleware:
         self._inspect = load_inspector() if self.options.sql_firewall else None
         # The header names identify_raw() reads, as ASGI spells them (lower-case bytes).
         self._names = tuple(n.encode("latin-1") for n in self.engine.raw_names)
-        # Up to three of them are picked from the header list by comparison (no dict per
-        # request); more (an API key and a user agent as well) go through a dict.
-        padded = (*self._names, b"", b"", b"")
-        self._n0, self._n1, self._n2 = padded[0], padded[1], padded[2]
-        self._few = len(self._names)
+        self._fast_key = rawkey.fast_key
         self._clients = self.engine.raw_clients
         # Per-request settings read once here, not per request.
         # "" for none: a request's path is never empty here (it is "/" at least).
@@ -242,46 +239,20 @@ class GarrisonMiddleware:
         return False
 
     def _client(self, scope: dict[str, Any]) -> Client:
-        """The client of a request: one pass over the header list and one cache lookup.
-
-        Typed, so that compiled it reads the scope, the list and the header pairs with direct
-        C calls: a header list of ``(bytes, bytes)`` tuples, as servers build it, is picked
-        without a generic call per header. Anything else the ASGI spec allows (an iterable of
-        two-item sequences) takes the generic steps, with the same result."""
+        """The client of a request: its key (:mod:`garrison.web.rawkey`: one pass over the
+        header list, in C where it was built) and one cache lookup by it. A header list of
+        another shape than servers build, or a client not seen lately, takes the generic
+        steps, with the same result."""
         peer = scope.get("client")
         host = peer[0] if peer else None
         headers = scope.get("headers")
-        if not isinstance(headers, list):
-            headers = list(headers) if headers else []
-        few = self._few
-        key: tuple[bytes | str | None, ...]
-        if few <= 3:
-            n0, n1, n2 = self._n0, self._n1, self._n2
-            v0: bytes | None = None
-            v1: bytes | None = None
-            v2: bytes | None = None
-            for pair in headers:
-                if isinstance(pair, tuple) and len(pair) == 2:
-                    name = pair[0]
-                    value = pair[1]
-                else:
-                    name, value = pair
-                if not isinstance(name, bytes):
-                    continue  # not a header name (ASGI's are bytes): as a dict would miss it
-                if name == n0:
-                    v0 = value  # the last of repeated headers wins, as in a dict
-                elif name == n1:
-                    v1 = value
-                elif name == n2:
-                    v2 = value
-            key = ((host, v0, v1) if few == 2 else (host, v0) if few == 1
-                   else (host,) if few == 0 else (host, v0, v1, v2))
-        else:
-            found: dict[bytes, bytes] = dict(headers)
-            key = (host, *map(found.get, self._names))
+        names = self._names
+        key = self._fast_key(headers, host, names)
+        if key is None:
+            key = rawkey.key(headers, host, names)
         client = self._clients.get(key)
         if client is None:
-            client = self.engine.identify_raw(key)
+            client = self.engine.identify_raw(rawkey.pick(headers, host, names), key)
         return client
 
     async def _full(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -68,6 +68,7 @@ from garrison.web.behaviour import (
 from garrison.web.clientaddr import AddressPolicy, IPAddress, parse_ip, parse_networks
 from garrison.web.metrics import WebMetrics
 from garrison.web.options import WebOptions
+from garrison.web.rawkey import encode as encode_key
 from garrison.web.verdict import SharedComponents, Verdict, fuse
 
 if TYPE_CHECKING:
@@ -452,8 +453,9 @@ class WebEngine:
                 wanted.add(name.lower())
         self.header_names = frozenset(wanted)
         self.raw_names = tuple(sorted(wanted))
-        self.raw_clients: dict[tuple[bytes | str | None, ...], Client] = {}
-        """Clients by ``(peer, *raw header values)`` (see :meth:`identify_raw`)."""
+        self.raw_clients: dict[bytes, Client] = {}
+        """Clients by the key of ``(peer, *raw header values)`` (see :meth:`identify_raw`
+        and :mod:`garrison.web.rawkey`)."""
         self._cached_gen = self.records.gen
         """The record table's generation when the client caches were last emptied."""
 
@@ -484,20 +486,24 @@ class WebEngine:
         self._client_budget.keep(self._client_cache, ck, client, _text_size(ck))
         return client
 
-    def identify_raw(self, key: tuple[bytes | str | None, ...]) -> Client:
+    def identify_raw(self, parts: tuple[bytes | str | None, ...],
+                     key: bytes | None = None) -> Client:
         """:meth:`identify` from ``(peer, *raw)``: the socket peer, then the raw values of
         :attr:`raw_names` in that order (None when absent), as ASGI gives them. Decodes only a
-        client it has not seen, so a returning client costs one dict lookup."""
+        client it has not seen, so a returning client costs one dict lookup, by ``key``
+        (:func:`garrison.web.rawkey.encode` of ``parts``, made here when not given)."""
+        if key is None:
+            key = encode_key(parts)
         cached = self.raw_clients.get(key)
         if cached is not None:
             return cached
-        headers = {name: raw.decode("latin-1") for name, raw in zip(self.raw_names, key[1:],
+        headers = {name: raw.decode("latin-1") for name, raw in zip(self.raw_names, parts[1:],
                                                                      strict=True)
                    if isinstance(raw, bytes)}
-        peer = key[0]
+        peer = parts[0]
         client = self._identify(peer if isinstance(peer, str) else None,
                                 headers.get(self.addresses.forwarded_header), headers)
-        self._raw_budget.keep(self.raw_clients, key, client, _text_size(key))
+        self._raw_budget.keep(self.raw_clients, key, client, len(key))
         return client
 
     def _identify(self, peer: str | None, fwd: str | None, headers: dict[str, str]) -> Client:
