@@ -12,8 +12,14 @@ and last-level misses, for both, and their difference: what the middleware adds.
 not move with the machine's load; what a miss costs in time does, so no ratio is claimed here.
 Written to ``docs/benchmarks/web-callgrind.md``.
 
+``--against DIR`` counts a third server, the middleware imported from another build (``DIR``
+first on its ``PYTHONPATH``, made as for ``bench_web_alternating.py --against``), and reports
+this checkout's counts against it: a build-to-build comparison that the machine's noise cannot
+blur (the three servers run side by side). ``--server`` and ``--clients`` are those of the
+other web benchmarks.
+
 Run: ``.venv/bin/python benchmarks/bench_web_callgrind.py [--seconds 20]`` (needs valgrind and
-wrk; about five minutes, the two servers side by side).
+wrk; about five minutes, the servers side by side).
 """
 
 from __future__ import annotations
@@ -31,15 +37,20 @@ import time
 from pathlib import Path
 
 from bench_web import (
-    CLIENTS,
     ROOT,
     WARM_PASSES,
+    add_clients_option,
+    add_server_option,
     add_traffic_option,
+    clients_flag,
     compiled,
     counters,
     free_port,
     prepare,
+    require_server,
     server_args,
+    server_flag,
+    server_text,
     traffic_flag,
     wait_port,
 )
@@ -49,28 +60,32 @@ CACHE = ["--I1=32768,8,64", "--D1=49152,12,64", "--LL=1048576,16,64"]
 EVENTS = ("Ir", "Dr", "Dw", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
 
 
-def run(variant: str, workdir: Path, seconds: int, store: str = "memory://") -> None:
+def run(variant: str, workdir: Path, seconds: int, store: str = "memory://",
+        stack: str = "h11", src: str = "") -> None:
     """Start one server under callgrind, warm it, count ``seconds`` of load, stop it: writes
     ``<variant>.out`` (callgrind's counts), ``<variant>.n`` (requests counted) and, for the
     middleware, ``<variant>.paths`` (of the counted requests: seen, checked in full, sent to
-    Redis, from its /metrics)."""
+    Redis, from its /metrics). ``variant`` is ``bare`` or a name for the middleware (``src``:
+    a folder to import garrison from first)."""
     port = free_port()
-    env = {**os.environ, "BENCH_VARIANT": variant, "BENCH_STORE": store,
-           "BENCH_FRAMEWORK": "asgi"}
+    env = {**os.environ, "BENCH_VARIANT": "bare" if variant == "bare" else "garrison",
+           "BENCH_STORE": store, "BENCH_FRAMEWORK": "asgi"}
     env.pop("GARRISON_PURE", None)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     out = workdir / f"{variant}.out"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes", *CACHE,
          f"--callgrind-out-file={out}", sys.executable, "-W", "ignore", "-m", "uvicorn",
          "benchapp:app", "--app-dir", str(workdir), "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--log-level", "warning", "--no-proxy-headers", *server_args("h11")],
+         "--no-access-log", "--log-level", "warning", "--no-proxy-headers", *server_args(stack)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, 180)
         url = f"http://127.0.0.1:{port}/"
         subprocess.run(["wrk", "-t1", "-c8", "-d1800s", "-s", str(workdir / "warm.lua"), url],
                        check=True, capture_output=True, timeout=1900)
-        before = counters(url) if variant == "garrison" else {}
+        before = counters(url) if variant != "bare" else {}
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
                        capture_output=True, timeout=60)
         load = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", "-s",
@@ -130,8 +145,14 @@ def main() -> None:
                     help="the middleware's store (redis: a redis-server started here; under "
                          "valgrind most requests then take a round trip, which is what this "
                          "counts)")
+    ap.add_argument("--against", metavar="DIR", default="",
+                    help="also count the middleware of another build (DIR first on its "
+                         "PYTHONPATH) and compare this checkout's counts with it")
     add_traffic_option(ap)
+    add_server_option(ap)
+    add_clients_option(ap)
     args = ap.parse_args()
+    require_server(args.server)
     if args.out is None:
         name = "web-callgrind-redis.md" if args.store == "redis" else "web-callgrind.md"
         args.out = str(ROOT / "docs" / "benchmarks" / name)
@@ -142,17 +163,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gw-callgrind-") as tmp:
         workdir = Path(tmp)
         # the app, the wrk scripts, a redis-server
-        redis_proc, redis_url = prepare(workdir, args.traffic)
+        redis_proc, redis_url = prepare(workdir, args.traffic, args.clients)
         store = redis_url if args.store == "redis" else "memory://"
+        variants = [("bare", ""), ("garrison", "")]
+        if args.against:
+            variants.append(("other", args.against))
         try:
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one server per CPU
-                for fut in [pool.submit(run, v, workdir, args.seconds, store)
-                            for v in ("bare", "garrison")]:
+            # side by side: each server's counts are its own, whatever the others do
+            with concurrent.futures.ThreadPoolExecutor(len(variants)) as pool:
+                for fut in [pool.submit(run, v, workdir, args.seconds, store, args.server, src)
+                            for v, src in variants]:
                     fut.result()
         finally:
             redis_proc.kill()
             redis_proc.wait()
         bare, mw = per_request(workdir, "bare"), per_request(workdir, "garrison")
+        other = per_request(workdir, "other") if args.against else None
         paths = [int(x) for x in (workdir / "garrison.paths").read_text().split()]
         if args.keep:
             shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
@@ -167,9 +193,11 @@ def main() -> None:
         f"{'compiled' if compiled() else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_callgrind.py --seconds "
         f"{args.seconds}" + (" --store redis" if args.store == "redis" else "")
-        + traffic_flag(args.traffic)
+        + traffic_flag(args.traffic) + server_flag(args.server) + clients_flag(args.clients)
+        + (f" --against {args.against}" if args.against else "")
         + f"` ({time.monotonic() - t0:.0f} s)",
-        f"- uvicorn (h11) under callgrind, simulated caches {' '.join(CACHE)}; {CLIENTS:,} "
+        f"- uvicorn ({server_text(args.server)}) under callgrind, simulated caches "
+        f"{' '.join(CACHE)}; {args.clients:,} "
         f"clients warmed {WARM_PASSES} times each, then `wrk -c8` counted: "
         f"{bare['requests']:.0f} requests (bare) and {mw['requests']:.0f} (middleware, "
         f"{'redis://' if args.store == 'redis' else 'memory://'}); of the middleware's, "
@@ -197,6 +225,17 @@ def main() -> None:
               "stretch, where its misses dominate the last-level rows (how often they come in "
               "steady state is not measured here). The GC rows show it, the last two rows "
               "leave it out.", ""]
+    if other is not None:
+        lines += [f"Against the middleware of `{args.against}` (its server counted side by side: "
+                  f"{other['requests']:.0f} requests): what each adds to the bare app per "
+                  "request, and this checkout's share of the other's.", "",
+                  "| added per request | this checkout | the other build | this / other |",
+                  "|---|---:|---:|---:|"]
+        for label, key in rows:
+            b, m, o = bare[key], mw[key], other[key]
+            share = f"{(m - b) / (o - b):.2f}x" if o - b > 0 else "n/a"
+            lines.append(f"| {label} | {m - b:+,.1f} | {o - b:+,.1f} | {share} |")
+        lines.append("")
     write_report(lines, args.out)
 
 
