@@ -161,6 +161,9 @@ class Client:
         self.allowlisted = allowlisted
         self.identities = identities
         self.binding: Binding | None = None  # what the store checks the session against
+        # It refers only to text, numbers and, one way, to records, decisions and a binding:
+        # never in a cycle, so out of the cyclic GC (garrison.acyclic).
+        untrack(self)
 
 
 class PathInfo:
@@ -172,6 +175,7 @@ class PathInfo:
     def __init__(self, text: str) -> None:
         self.text = text
         self.h = path_hash(text)
+        untrack(self)  # text and a number: never in a cycle (garrison.acyclic)
 
 
 # Compiled, their deallocators are mypyc's, which cope with untracked objects
@@ -435,9 +439,10 @@ class WebEngine:
         self._w_bot = float(o.trust_weights.get("bot", 0.0))
         self._w_rate = float(o.trust_weights.get("rate", 0.0))
         # The verdict and decision of a client not judged yet, kept for the rate trust they
-        # were made for: every new client of a flood has the same ones (see _plain), and two
-        # objects fewer per client is two fewer for the cyclic GC to walk for as long as it
-        # is kept (its walks were 40 % of a new client's cost).
+        # were made for: every new client of a flood has the same ones (see _plain), two
+        # allocations fewer per new client. (They were first shared to spare the cyclic GC,
+        # whose walks were 40 % of a new client's cost; armed objects are now untracked
+        # anyway, see _kept.)
         self._unjudged_rate = -1.0
         self._unjudged = _NEUTRAL
         self._unjudged_admit = PASS
@@ -529,11 +534,10 @@ class WebEngine:
                                            else (key,) if key else (session,) if session else ())
         else:
             identities = tuple(i for i in (key, session, api_key) if i)
-        # A client and what it keeps are never in a reference cycle: they are kept out of the
-        # cyclic GC, which would otherwise walk them all in every full collection
-        # (garrison.acyclic; tests/web/test_acyclic.py checks the graph).
-        client = untrack(Client(where[0], key, where[2], session, api_key, agent, where[3],
-                                identities))
+        # The client (untracked by its __init__) and what it keeps are never in a reference
+        # cycle: they are kept out of the cyclic GC, which would otherwise walk them all in
+        # every full collection (garrison.acyclic; tests/web/test_acyclic.py checks the graph).
+        client = Client(where[0], key, where[2], session, api_key, agent, where[3], identities)
         if session and client.travel:
             client.binding = untrack(Binding(session, client.travel, agent,
                                              o.travel_session_ttl, o.travel_ban,
@@ -864,7 +868,7 @@ class WebEngine:
         paths = self._paths
         info = paths.get(path)
         if info is None:  # a path not seen lately; the request's own string is let go hot
-            info = untrack(PathInfo(path))
+            info = PathInfo(path)
             self._paths_budget.keep(paths, path, info, len(path))
         if self.threaded:
             with self._lock:
