@@ -96,6 +96,16 @@ scan(PyObject *const *args, Py_ssize_t nargs, Found *found)
     return 1;
 }
 
+/* The answer when scan() did not fill its Found: the error it set (-1), or None (0). */
+static PyObject *
+unscanned(int done)
+{
+    if (done < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -103,10 +113,7 @@ key(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Found found;
     int done = scan(args, nargs, &found);
     if (done <= 0) {
-        if (done < 0) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
+        return unscanned(done);
     }
     Py_ssize_t nnames = found.nnames;
     const char *host_data = NULL;
@@ -170,10 +177,7 @@ pick(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Found found;
     int done = scan(args, nargs, &found);
     if (done <= 0) {
-        if (done < 0) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
+        return unscanned(done);
     }
     PyObject *out = PyTuple_New(1 + found.nnames);
     if (out == NULL) {
