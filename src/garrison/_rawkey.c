@@ -6,10 +6,10 @@
  *
  * The key encodes the socket peer's host and the values of the headers in ``names`` (the last
  * of repeated ones wins), each part as 0x00 when absent or 0x01, its length in 4 bytes (little
- * endian) and its bytes. None when the input is not the plain shape servers build (a list of
- * (bytes, bytes) tuples, a host that is None or an ASCII str, at most MAX_NAMES names of bytes,
- * no part over 4 GiB): the caller then takes rawkey.py's generic path, which gives the same key
- * for the same values. */
+ * endian) and its bytes. None when the input is not the plain shape servers build (a list or
+ * tuple of (bytes, bytes) pairs as 2-tuples or 2-item lists, a host that is None or an ASCII
+ * str, at most MAX_NAMES names of bytes, no part over 4 GiB): the caller then takes rawkey.py's
+ * generic path, which gives the same key for the same values. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -33,7 +33,8 @@ scan(PyObject *const *args, Py_ssize_t nargs, Found *found)
         return -1;
     }
     PyObject *headers = args[0], *host = args[1], *names = args[2];
-    if (!PyList_CheckExact(headers) || !PyTuple_CheckExact(names)) {
+    if (!(PyList_CheckExact(headers) || PyTuple_CheckExact(headers))
+            || !PyTuple_CheckExact(names)) {
         return 0;
     }
     Py_ssize_t nnames = PyTuple_GET_SIZE(names);
@@ -54,23 +55,28 @@ scan(PyObject *const *args, Py_ssize_t nargs, Found *found)
     }
     found->host = NULL;
     if (PyUnicode_Check(host)) {
-        if (PyUnicode_READY(host) < 0) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(host) < 0) {  /* a no-op, and deprecated, from 3.12 on */
             return -1;
         }
+#endif
         if (!PyUnicode_IS_ASCII(host)) {
             return 0;  /* rawkey.py encodes it (UTF-8), the same bytes for ASCII */
         }
         found->host = host;
     }  /* anything else is no host, as the engine reads it */
-    /* The pass over the list: it holds only tuples and bytes, so nothing here can call back
-     * into Python and change it while it is read. */
-    Py_ssize_t count = PyList_GET_SIZE(headers);
+    /* The pass over the list: it only reads exact lists, tuples and bytes and calls nothing
+     * that could run Python code, so nothing can change them while they are read. */
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);  /* an exact list or tuple */
+    PyObject **items = PySequence_Fast_ITEMS(headers);
     for (Py_ssize_t h = 0; h < count; h++) {
-        PyObject *pair = PyList_GET_ITEM(headers, h);
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        PyObject *pair = items[h];
+        /* a pair as a 2-tuple (uvicorn, most servers) or a 2-item list (the spec allows it) */
+        if (!((PyTuple_CheckExact(pair) || PyList_CheckExact(pair))
+              && PySequence_Fast_GET_SIZE(pair) == 2)) {
             return 0;
         }
-        PyObject *n = PyTuple_GET_ITEM(pair, 0);
+        PyObject *n = PySequence_Fast_GET_ITEM(pair, 0);
         if (!PyBytes_CheckExact(n)) {
             if (PyBytes_Check(n)) {
                 return 0;  /* a subclass of bytes: its own comparison, in Python */
@@ -81,7 +87,7 @@ scan(PyObject *const *args, Py_ssize_t nargs, Found *found)
         const char *data = PyBytes_AS_STRING(n);
         for (Py_ssize_t i = 0; i < nnames; i++) {
             if (len == name_len[i] && memcmp(data, name_data[i], (size_t)len) == 0) {
-                PyObject *v = PyTuple_GET_ITEM(pair, 1);
+                PyObject *v = PySequence_Fast_GET_ITEM(pair, 1);
                 if (PyBytes_CheckExact(v)) {
                     found->value[i] = v;
                 } else if (PyBytes_Check(v)) {
