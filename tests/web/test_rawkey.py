@@ -131,3 +131,20 @@ def test_the_adapter_finds_one_client_per_sender() -> None:
     ips = {untrusted._client(_scope([(b"x-forwarded-for", f"203.0.113.{i}".encode())],
                                     host="198.51.100.9")).ip for i in range(20)}
     assert ips == {"198.51.100.9"}
+
+
+def test_without_the_helper_the_adapter_keys_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build without a C compiler: every key from Python, the same bytes, the same client."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    headers = [(b"x-forwarded-for", b"203.0.113.8"), (b"cookie", b"session=xyz")]
+    with_helper = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"])
+    a = with_helper._client(_scope(headers))
+    monkeypatch.setattr(rawkey, "fast_key", rawkey._declined)
+    monkeypatch.setattr(rawkey, "_fast_pick", rawkey._declined)
+    without = GarrisonMiddleware(app, bus=EventBus(), trusted_proxies=["127.0.0.1"])
+    b = without._client(_scope(headers))
+    assert without._client(_scope(list(headers))) is b
+    assert list(without.engine.raw_clients) == list(with_helper.engine.raw_clients)
+    assert (b.ip, b.key, b.session, b.travel) == (a.ip, a.key, a.session, a.travel)
