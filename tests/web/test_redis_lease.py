@@ -34,6 +34,9 @@ POLICY = LimitPolicy(rate=10.0, burst=100.0, strikes=3, strike_window=60.0, back
                      offences_to_ban=5, trust_gain=0.0, trust_loss=0.0)
 # The same limits without escalation, so a flood keeps getting its refill.
 STEADY = LimitPolicy(rate=10.0, burst=100.0, strikes=10**9, trust_gain=0.0, trust_loss=0.0)
+# A deep bucket: one round trip leases thousands of requests, so a worker answers a session
+# alone for as long as its binding's confirmation lasts.
+DEEP = LimitPolicy(rate=10.0, burst=10_000.0, strikes=10**9, trust_gain=0.0, trust_loss=0.0)
 BURST = 100  # requests
 RATE = 10.0  # requests per second
 
@@ -194,27 +197,42 @@ def test_impossible_travel_is_caught_while_another_worker_holds_the_lease(make: 
     assert ask(a, now + 5.0, "ip:home", "s:t", binding=home).reason == TRAVEL
 
 
-def test_default_bindings_are_confirmed_for_a_quarter_of_the_travel_window_leases_a_minute(
+def test_default_bindings_are_confirmed_for_a_lease_and_told_every_eighth_of_the_window(
         redis_server: RedisServer) -> None:
-    """A session's binding is confirmed to the worker for a quarter of the default travel
-    window (Redis hears of an active session at least every 15 s); an identity with no binding
-    spends its lease for up to the default minute."""
+    """A session's binding is confirmed to the worker for a lease TTL (the default minute),
+    and Redis hears of the session every eighth of the default travel window (7.5 s) by a
+    batched call that no request waits on; an identity with no binding spends its lease for up
+    to the default minute."""
     s = RedisStore(redis_server.url, POLICY, namespace="lease-default", timeout=1.0)
     try:
         home = Binding("s:d", "198.51.100.0/24", window=60.0)  # the web default travel_window
         assert ask(s, T0, "ip:d", "s:d", binding=home).allowed
-        assert ask(s, T0 + 14.9, "ip:d", "s:d", binding=home).allowed
-        assert s.round_trips == 1  # answered from the lease
-        assert ask(s, T0 + 15.0, "ip:d", "s:d", binding=home).allowed
-        assert s.round_trips == 2  # the binding's confirmation expired: Redis again
+        for t in (7.0, 14.9, 15.0, 30.0):
+            assert ask(s, T0 + t, "ip:d", "s:d", binding=home).allowed
+        assert s.round_trips == 1  # all from the lease and the confirmation
+        assert s.tells == 2 and s.told == 2  # at T0 + 14.9 and T0 + 30: Redis heard
+        assert seen_by_redis(redis_server, "lease-default", "s:d") == pytest.approx(T0 + 30.0)
         assert ask(s, T0, "ip:alone").allowed
         for t in (15.0, 30.0, 45.0, 59.9):  # a slow client: one request every 15 s
             assert ask(s, T0 + t, "ip:alone").allowed
-        assert s.round_trips == 3  # all four from its lease
+        assert s.round_trips == 2  # all four from its lease
         assert ask(s, T0 + 60.0, "ip:alone").allowed
-        assert s.round_trips == 4  # and not one moment longer
+        assert s.round_trips == 3  # and not one moment longer
     finally:
         s.close()
+
+
+def seen_by_redis(server: RedisServer, namespace: str, session: str) -> float:
+    """The last-seen time of ``session``'s binding as Redis holds it."""
+    import redis
+
+    r = redis.Redis.from_url(server.url)
+    try:
+        raw = r.get(f"{namespace}:bind:{session}")
+    finally:
+        r.close()
+    assert raw is not None
+    return float(raw.decode().rsplit("|", 1)[1])
 
 
 def test_default_lease_is_a_quarter_of_a_full_default_bucket(redis_server: RedisServer) -> None:
@@ -232,17 +250,94 @@ def test_default_lease_is_a_quarter_of_a_full_default_bucket(redis_server: Redis
         s.close()
 
 
-def test_binding_confirmation_is_at_most_a_quarter_of_the_travel_window(make: Make) -> None:
-    s = make()
-    short = Binding("s:w", "198.51.100.0/24", window=8.0)  # confirmed 2 s, not 5 s
-    assert ask(s, T0, "ip:w", "s:w", binding=short).allowed
-    assert ask(s, T0 + 1.99, "ip:w", "s:w", binding=short).allowed
-    assert s.round_trips == 1
-    assert ask(s, T0 + 2.0, "ip:w", "s:w", binding=short).allowed
-    assert s.round_trips == 2
-    # the IP's tokens are leased for the whole lease TTL (5 s here), binding or not
-    assert ask(s, T0 + 4.9, "ip:w").allowed
-    assert s.round_trips == 2
+def test_redis_hears_of_a_session_answered_locally_every_eighth_of_its_window(
+        make: Make, redis_server: RedisServer) -> None:
+    s = make(lease_ttl=60.0, lease_max=10**6, policy=STEADY)
+    short = Binding("s:w", "198.51.100.0/24", window=8.0)  # told at least every 1 s
+    now = T0
+    for _ in range(120):  # 30 s at 4 requests/s, mostly answered here
+        assert ask(s, now, "ip:w", "s:w", binding=short).allowed
+        # Redis's view: at most a quarter of the window (and the second between calls) old
+        assert now - seen_by_redis(redis_server, "lease", "s:w") <= 8.0 / 4 + 1.0
+        now += 0.25
+    assert s.round_trips <= 8  # renewing the leases (a quarter of what is left each time)
+    assert 20 <= s.tells <= 31  # about one call a second, not one per request
+    assert s.revoked == 0
+
+
+def test_travel_is_caught_across_workers_after_a_session_was_served_locally_for_long(
+        make: Make) -> None:
+    """Confirmations last a lease (60 s here) while the travel window is 8 s: without the
+    calls that tell Redis of the session, Redis would think it idle since its first request,
+    and the same session elsewhere 30 s later would just move there."""
+    a, b = make(lease_ttl=60.0, lease_max=10**6, policy=DEEP), make(lease_ttl=60.0, policy=DEEP)
+    home = Binding("s:far", "198.51.100.0/24", window=8.0)
+    away = Binding("s:far", "203.0.113.0/24", window=8.0)
+    now = T0
+    for _ in range(60):  # 30 s at home, every request answered by a
+        assert ask(a, now, "ip:home", "s:far", binding=home).allowed
+        now += 0.5
+    assert a.round_trips == 1
+    r = ask(b, now, "ip:away", "s:far", binding=away)
+    assert not r.allowed and r.reason == TRAVEL and r.event == EV_TRAVEL
+    # a hears of the ban with its next call about the session (within 1 s + window/8 of
+    # its requests), takes its confirmation back and then asks Redis, which refuses
+    refused_at = None
+    for k in range(40):
+        t = now + 0.1 * k
+        res = ask(a, t, "ip:home", "s:far", binding=home)
+        if not res.allowed:
+            assert res.reason == TRAVEL
+            refused_at = t
+            break
+    assert refused_at is not None and refused_at - now <= 8.0 / 8 + 1.0 + 0.2
+    assert a.revoked == 1
+
+
+def test_a_failed_call_takes_the_confirmations_back_and_requests_pass(
+        make: Make, redis_server: RedisServer) -> None:
+    s = make(lease_ttl=60.0, lease_max=10**6, policy=STEADY)
+    short = Binding("s:down", "198.51.100.0/24", window=8.0)
+    assert ask(s, T0, "ip:down", "s:down", binding=short).allowed
+    redis_server.stop()
+    try:
+        r = s.check(CheckRequest(T0 + 2.0, ("ip:down", "s:down"), binding=short))
+        assert r.allowed  # answered here; the call that followed it failed
+        assert s.revoked == 1 and s.tells == 0
+        r = s.check(CheckRequest(T0 + 2.1, ("ip:down", "s:down"), binding=short))
+        assert r.allowed and r.degraded  # asked Redis, which is down: fail open
+    finally:
+        redis_server.start()
+
+
+def test_sessions_waiting_to_be_told_stay_bounded(make: Make) -> None:
+    s = make(max_local=64, lease_ttl=60.0)
+    s._tell_at = T0 + 10**6  # hold the calls back (only full batches would go)
+    n = 0
+    for i in range(60):
+        b = Binding(f"s:q{i}", "198.51.100.0/24", window=8.0)
+        assert ask(s, T0, f"ip:q{i}", f"s:q{i}", binding=b).allowed
+        assert ask(s, T0 + 1.5, f"ip:q{i}", f"s:q{i}", binding=b).allowed
+        n += 1
+        assert len(s._due) <= 64
+    assert s.round_trips >= n
+
+
+async def test_async_calls_tell_redis_without_a_request_waiting(
+        make: Make, redis_server: RedisServer) -> None:
+    s = make(lease_ttl=60.0, lease_max=10**6, policy=DEEP)
+    short = Binding("s:as", "198.51.100.0/24", window=8.0)
+    for k in range(30):
+        r = await s.acheck(CheckRequest(T0 + 0.1 * k, ("ip:as", "s:as"), binding=short))
+        assert r.allowed and not r.degraded
+        await asyncio.sleep(0)
+    for _ in range(100):
+        if s.tells:
+            break
+        await asyncio.sleep(0.01)
+    assert s.round_trips == 1 and s.tells >= 1
+    assert seen_by_redis(redis_server, "lease", "s:as") >= T0 + 1.0
+    await s.aclose()
 
 
 def test_local_cache_stays_bounded_under_a_flood_of_identities(make: Make) -> None:
@@ -374,3 +469,50 @@ def test_the_pipeline_text_encoding_is_the_byte_encoding(redis_server: RedisServ
             assert _resp_text(args) == _resp([a.encode() for a in args])
     finally:
         s.close()
+
+
+async def test_the_asgi_fast_path_tells_redis_of_the_sessions_it_admits(
+        redis_server: RedisServer) -> None:
+    """Through the middleware, a returning session is admitted by the engine's fast path
+    (never calling the store); the scoring batch queues it and the store tells Redis, so
+    Redis's view of its last request stays fresh without a round trip per confirmation."""
+    from garrison.bus import EventBus
+    from garrison.web import GarrisonMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    clock = [T0]
+    mw = GarrisonMiddleware(app, store=redis_server.url + "?lease_max=1000000",
+                            bus=EventBus(), trusted_proxies=["127.0.0.1"],
+                            clock=lambda: clock[0], travel_window=8.0, burst=10_000.0,
+                            threshold=1.0, session_threshold=1.0)  # a poller: never judged
+    headers = [(b"x-forwarded-for", b"198.51.100.40"), (b"cookie", b"session=fast")]
+    try:
+        for _ in range(120):  # 60 s, a request every 0.5 s
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": headers,
+                     "client": ("127.0.0.1", 5000), "query_string": b""}
+            await mw(scope, receive, send)
+            clock[0] += 0.5
+            await asyncio.sleep(0)
+        mw.engine.drain()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+        store = mw.engine.store
+        assert isinstance(store, RedisStore)
+        assert store.round_trips <= 3  # the first requests; then leases and confirmations
+        assert store.tells >= 10
+        sess = mw.engine.identify("127.0.0.1", {"x-forwarded-for": "198.51.100.40",
+                                                "cookie": "session=fast"}).session
+        assert sess is not None
+        last = seen_by_redis(redis_server, "garrison", sess)
+        assert clock[0] - last <= 8.0 / 4 + 1.0 + 0.5
+    finally:
+        await mw.engine.store.aclose()

@@ -168,6 +168,18 @@ class LimitStore(ABC):
         answers every check alike reports nothing."""
         return {}
 
+    def seen(self, binding: Binding, rec: Any, now: float) -> bool:
+        """A request of session ``binding`` was admitted at ``now`` on a binding this worker
+        holds as confirmed (``rec`` the session's record), without asking the store: a shared
+        store queues it for :meth:`tell`. False when the confirmation must not stand (the
+        queue is full): the session's next request then asks the store. A store that answers
+        every check itself has nothing to hear."""
+        return True
+
+    def tell(self, now: float) -> None:  # noqa: B027 - optional hook, nothing queued by default
+        """Send what :meth:`seen` queued, if it is time (under asyncio as a task, otherwise at
+        once); never raises."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""
 

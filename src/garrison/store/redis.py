@@ -9,7 +9,10 @@ it also reserves up to ``lease_max`` more requests for each identity (advancing 
 if they had been made, a quarter of what the identity has left, none when under 2, so a client
 near its limit is checked exactly in Redis every time) and grants them to the asking worker for
 ``lease_ttl`` seconds. A round trip with a session also confirms the session's binding (its
-group and agent) to the worker, for a quarter of the session's travel window at most. While
+group and agent) to the worker for ``lease_ttl`` seconds; Redis hears of every session admitted
+on such a confirmation at least every eighth of its travel window, sessions batched into one
+call of ``TELL_SCRIPT`` per second (:meth:`RedisStore.tell`, off the requests' wait), whose
+answer takes the confirmation back where the session was banned or bound elsewhere meanwhile. While
 every identity of a request holds enough leased tokens and the session's binding is confirmed
 for the same group and agent, the worker answers alone. Times are the requests' own
 (``CheckRequest.now``); workers sharing a namespace should share a clock and the same
@@ -28,13 +31,13 @@ instead of being leased tokens that only later requests could spend.
 The price is staleness: a ban or escalation decided in another worker reaches this worker
 after at most ``lease_max`` of the identity's requests or one lease TTL, whichever comes first
 (a busy client spends its lease in moments and is checked in Redis again, a slow one makes few
-requests in a TTL); for a session, within a quarter of its travel window at most, which also
-bounds how stale Redis's view of the session's last request can be, so impossible travel is
-still seen across workers. The binding's bound is why it is separate: tying every lease to it
-(as before) made a crowd of slow clients ask Redis about one request in four (10,000 clients at
-0.25 requests/s each, 15 s leases); with IP leases of a minute, spent by count rather than by
-time, it is about one in seven, and at 0.5 requests/s each about one in fourteen with leases of
-12 requests. A ban this worker writes or is told about drops the identity's lease at once; bans
+requests in a TTL); for a session, within an eighth of its travel window and a second of its
+next request here. Redis's view of an active session's last request is at most a quarter of
+the window and a second old, so impossible travel is still seen across workers. Until
+2026-12-07 the binding was instead confirmed for a quarter of the window and every request
+after that asked Redis: with 120,000 clients at 10 requests a minute each, 17.8 % of requests
+took a round trip, 5.7 % with confirmations a lease long (the binding's rule was most of
+them). A ban this worker writes or is told about drops the identity's lease at once; bans
 are not answered locally (the web engine keeps its own), so with Redis down every request
 passes.
 
@@ -244,8 +247,8 @@ if has_binding == 1 then
     save(st)
     return answer(0, 'impossible-travel', bind_ban, st.tr, 'impossible-travel', st.key, bgroup)
   end
-  -- refresh "last seen" at most every window/4 seconds: saves a write on most requests
-  if moved or not bound or now - blast > bind_window / 4 then
+  -- refresh "last seen" at most every window/8 seconds: saves a write on most requests
+  if moved or not bound or now - blast > bind_window / 8 then
     redis.call('SET', bkey, here .. '|' .. f(now), 'PX', math.ceil(bind_ttl * 1000))
   end
 end
@@ -325,7 +328,50 @@ save(st)
 return answer(0, reason, wait, st.tr, event, st.key, nil)
 """
 
+TELL_SCRIPT: Final = """
+-- Garrison: sessions a worker admitted on bindings it holds as confirmed, told in one call.
+-- KEYS: per session its binding key, then its identity key.
+-- ARGV: now, then per session: group|agent, last seen, binding ttl (seconds).
+-- Each binding still where the worker holds it gets its last-seen time (as a check would);
+-- one that expired is bound again there. Returns the numbers (1-based) of the sessions whose
+-- confirmation no longer stands: bound elsewhere now, or banned.
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local bkey, ikey = KEYS[2 * i - 1], KEYS[2 * i]
+  local here, last = ARGV[3 * i - 1], tonumber(ARGV[3 * i])
+  local ttl = tonumber(ARGV[3 * i + 1])
+  local ok = true
+  local bound = redis.call('GET', bkey)
+  local blast = nil
+  if bound then
+    local bgroup, bagent, b = string.match(bound, '^(.-)|(.-)|(.*)$')
+    if bgroup == nil or (bgroup .. '|' .. bagent) ~= here then ok = false end
+    blast = tonumber(b) or 0
+  end
+  if ok and (blast == nil or blast < last) then
+    redis.call('SET', bkey, here .. '|' .. string.format('%.17g', last), 'PX',
+               math.ceil(ttl * 1000))
+  end
+  if ok then
+    local v = redis.call('GET', ikey)
+    if v then
+      local b = tonumber(string.match(v, '^%S+ %S+ %S+ %S+ %S+ (%S+)'))
+      if b and b > now then ok = false end
+    end
+  end
+  if not ok then out[#out + 1] = i end
+end
+return out
+"""
+
 _MAX_PENDING_BANS: Final = 10_000
+TELL_EVERY: Final = 1.0
+"""Seconds between two calls of :data:`TELL_SCRIPT` (sooner when :data:`TELL_BATCH` sessions
+wait)."""
+TELL_BATCH: Final = 256
+"""The most sessions one call of :data:`TELL_SCRIPT` carries (each is a few Redis commands
+inside one atomic script: a bounded stall for everyone else)."""
 
 
 class CircuitBreaker:
@@ -488,6 +534,7 @@ class Pipeline:
         self.password, self.username = password, username
         self.timeout = timeout
         self.sha = hashlib.sha1(CHECK_SCRIPT.encode()).hexdigest()
+        self.tell_sha = hashlib.sha1(TELL_SCRIPT.encode()).hexdigest()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proto: _Replies | None = None
         self._connecting: asyncio.Future[None] | None = None
@@ -579,6 +626,7 @@ class Pipeline:
             if self.db:
                 hello.append([b"SELECT", str(self.db).encode()])
             hello.append([b"SCRIPT", b"LOAD", CHECK_SCRIPT.encode()])
+            hello.append([b"SCRIPT", b"LOAD", TELL_SCRIPT.encode()])
             replies = [self._queue(loop, _resp(h)) for h in hello]
             got = await asyncio.wait_for(asyncio.gather(*replies, return_exceptions=True),
                                          self.timeout * 4)
@@ -678,6 +726,8 @@ class RedisStore(LimitStore):
             raise StoreURLError(f"bad redis URL {url!r}: {exc}") from None
         self._sync_script = self._sync.register_script(CHECK_SCRIPT)
         self._async_script = self._async.register_script(CHECK_SCRIPT)
+        self._sync_tell = self._sync.register_script(TELL_SCRIPT)
+        self._async_tell = self._async.register_script(TELL_SCRIPT)
         self._pipe = self._make_pipeline(url, timeout)
         p = self.policy
         self._policy_args = [repr(float(x)) for x in (
@@ -704,6 +754,16 @@ class RedisStore(LimitStore):
         self._ok = CheckResult(True, trust=p.initial_trust)
         self.local_answers = 0
         self.round_trips = 0
+        # Sessions admitted here on a confirmed binding that Redis has not heard of lately:
+        # session -> (binding, time of its latest such request), at most max_local; sent by
+        # tell() at most every TELL_EVERY seconds, one call at a time.
+        self._due: dict[str, tuple[Binding, float]] = {}
+        self._tell_at = 0.0
+        self._telling = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.tells = 0  # calls of TELL_SCRIPT that landed
+        self.told = 0  # sessions they carried
+        self.revoked = 0  # confirmations they took back (moved, banned, or the call failed)
 
     @staticmethod
     def _make_pipeline(url: str, timeout: float) -> Pipeline | None:
@@ -738,9 +798,114 @@ class RedisStore(LimitStore):
                 self._pending.append(ban)
 
     def _bind_ttl(self, b: Binding) -> float:
-        """Seconds a round trip confirms session binding ``b`` to this worker: a quarter of the
-        travel window at most, so Redis hears of an active session at least that often."""
-        return min(self.lease_ttl, b.window / 4)
+        """Seconds a round trip confirms session binding ``b`` to this worker: a lease TTL.
+        Redis still hears of an active session every eighth of its travel window (see
+        :meth:`seen`), and that call takes the confirmation back if the session moved or was
+        banned meanwhile."""
+        return self.lease_ttl
+
+    # -- telling Redis of sessions answered here ----------------------------------------------
+    def seen(self, binding: Binding, rec: Any, now: float) -> bool:
+        """A request of ``binding``'s session admitted on this worker's confirmation at
+        ``now``; ``rec`` its record (``rec.bseen``: when Redis last heard of it from here).
+        Queued for :meth:`tell` once an eighth of the travel window has passed since; False
+        (the confirmation must go) when the queue is full. Caller holds :attr:`lock`."""
+        if now - rec.bseen < binding.window / 8:
+            return True
+        due = self._due
+        if binding.session not in due and len(due) >= self.max_local:
+            return False
+        due[binding.session] = (binding, now)
+        rec.bseen = now
+        return True
+
+    def _tell_batch(self, now: float) -> list[tuple[Binding, float]] | None:
+        """The sessions to tell Redis of now, taken off the queue, or None: nothing queued, a
+        call in flight, or neither :data:`TELL_EVERY` seconds since the last nor a full batch
+        waiting (caller holds :attr:`lock`)."""
+        due = self._due
+        if not due or self._telling or (now < self._tell_at and len(due) < TELL_BATCH):
+            return None
+        batch: list[tuple[Binding, float]] = []
+        for session in list(due)[:TELL_BATCH]:
+            batch.append(due.pop(session))
+        self._telling = True
+        self._tell_at = now + TELL_EVERY
+        return batch
+
+    def _tell_args(self, now: float,
+                   batch: list[tuple[Binding, float]]) -> tuple[list[str], list[str]]:
+        keys: list[str] = []
+        argv = [repr(float(now))]
+        for b, last in batch:
+            keys += [f"{self.ns}:bind:{b.session}", self._key(b.session)]
+            argv += [f"{b.group}|{b.agent}", repr(float(last)), repr(float(b.ttl))]
+        return keys, argv
+
+    def _told(self, batch: list[tuple[Binding, float]], raw: Any) -> None:
+        """Take back the confirmations Redis's answer ``raw`` names (all of the batch when
+        ``raw`` is None: the call failed), so those sessions ask Redis with their next
+        request; and let the next call go."""
+        with self._lock:
+            self._telling = False
+            data = self.records.data
+            if raw is None:
+                gone = list(range(len(batch)))
+            else:
+                self.tells += 1
+                self.told += len(batch)
+                gone = [int(i) - 1 for i in raw if 0 < int(i) <= len(batch)]
+            for i in gone:
+                rec = data.get(batch[i][0].session)
+                if rec is not None and rec.bexp > 0.0:
+                    rec.bexp = 0.0
+                    self.revoked += 1
+
+    def tell(self, now: float) -> None:
+        """Send the sessions :meth:`seen` queued, if it is time: under asyncio as a task (one
+        at a time), otherwise at once. Never raises: a failed call takes the batch's
+        confirmations back (their next requests ask Redis, and pass if it is down)."""
+        with self._lock:
+            batch = self._tell_batch(now)
+        if batch is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._tell_now(now, batch)
+            return
+        task = loop.create_task(self._atell(now, batch))
+        self._tasks.add(task)  # held until done (the loop keeps only a weak reference)
+        task.add_done_callback(self._tasks.discard)
+
+    def _tell_now(self, now: float, batch: list[tuple[Binding, float]]) -> None:
+        raw: Any = None
+        try:
+            if self.breaker.allow():
+                keys, argv = self._tell_args(now, batch)
+                raw = self._sync_tell(keys=keys, args=argv)
+                self.breaker.success()
+        except Exception as exc:  # fail open: the sessions ask Redis next time
+            self.breaker.failure(exc)
+            raw = None
+        self._told(batch, raw)
+
+    async def _atell(self, now: float, batch: list[tuple[Binding, float]]) -> None:
+        raw: Any = None
+        try:
+            if self.breaker.allow():
+                keys, argv = self._tell_args(now, batch)
+                if self._pipe is not None:
+                    raw = await self._pipe.send(_resp_text(
+                        ["EVALSHA", self._pipe.tell_sha, str(len(keys)), *keys, *argv]))
+                else:
+                    raw = await asyncio.wait_for(self._async_tell(keys=keys, args=argv),
+                                                 timeout=self.timeout * 2)
+                self.breaker.success()
+        except Exception as exc:  # fail open: the sessions ask Redis next time
+            self.breaker.failure(exc)
+            raw = None
+        self._told(batch, raw)
 
     def _args(self, req: CheckRequest, bans: tuple[Any, ...], lease: bool = False,
               held: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -823,7 +988,8 @@ class RedisStore(LimitStore):
         b = req.binding
         if b is not None:
             sr = data.get(b.session)
-            if sr is None or sr.bexp <= now or sr.bgroup != b.group or sr.bagent != b.agent:
+            if (sr is None or sr.bexp <= now or sr.bgroup != b.group or sr.bagent != b.agent
+                    or not self.seen(b, sr, now)):
                 return None
         cost = req.cost
         for rec in recs:
@@ -870,6 +1036,7 @@ class RedisStore(LimitStore):
                 sr = table.get(b.session, now)
                 confirmed = now + self._bind_ttl(b)
                 sr.bgroup, sr.bagent, sr.bexp = b.group, b.agent, confirmed
+                sr.bseen = now  # Redis heard of it (last seen at most window/8 old there)
                 if sr.expires < confirmed:
                     sr.expires = confirmed
             return result
@@ -929,6 +1096,8 @@ class RedisStore(LimitStore):
         if leasing:
             local = self._depart(req)
             if isinstance(local, CheckResult):
+                if self._due:
+                    self.tell(req.now)
                 return local
             lease, held = local
         try:
@@ -961,6 +1130,8 @@ class RedisStore(LimitStore):
         if leasing:
             local = self._depart(req)  # test and spend with no await between them
             if isinstance(local, CheckResult):
+                if self._due:
+                    self.tell(req.now)
                 return local
             lease, held = local
         try:

@@ -925,8 +925,10 @@ class WebEngine:
         self.metrics.scoring(time.perf_counter() - t0, n)
         for event in events:
             self._emit(event)
-        if self._pending and not self._local:
-            self._flush_bans()
+        if not self._local:
+            if self._pending:
+                self._flush_bans()
+            self.store.tell(self.clock())  # the sessions admitted here that it should hear of
 
     def _score(self, batch: list[Answered], n: int) -> list[Event]:
         """Score the first ``n`` slots of ``batch`` (caller holds the lock), emptying them; the
@@ -944,6 +946,8 @@ class WebEngine:
         retain = self._retain
         gain = self._gain
         bind_ttl = o.travel_session_ttl
+        store = self.store
+        tell_after = o.travel_window / 8  # what a shared store's seen() waits for
         min_requests, window, min_span = o.min_requests, o.window, o.min_span
         threshold, s_threshold, routes = o.threshold, o.session_threshold, bool(o.route_thresholds)
         hot_ip, hot_s = HOT * threshold, HOT * s_threshold
@@ -983,6 +987,10 @@ class WebEngine:
                     sb.bexp = now + bind_ttl
                     if sb.expires < sb.bexp:
                         sb.expires = sb.bexp
+                elif (sb is not None and mem is None and now - sb.bseen >= tell_after
+                      and client.binding is not None and sb.bexp > now
+                      and not store.seen(client.binding, sb, now)):
+                    sb.bexp = 0.0  # the shared store cannot hear of it: ask it next time
                 changed = False
                 # risks as plain floats, -1.0 for "not judged" (Record.score): no boxed floats
                 ip_risk = sess_risk = -1.0
