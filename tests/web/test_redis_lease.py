@@ -516,3 +516,27 @@ async def test_the_asgi_fast_path_tells_redis_of_the_sessions_it_admits(
         assert clock[0] - last <= 8.0 / 4 + 1.0 + 0.5
     finally:
         await mw.engine.store.aclose()
+
+
+async def test_a_cancelled_call_does_not_stop_later_ones(
+        make: Make, redis_server: RedisServer) -> None:
+    """A call cancelled in flight (its event loop closing) takes its batch's confirmations
+    back and lets the next call go; without that, Redis would never hear of the worker's
+    sessions again while their confirmations lasted."""
+    s = make(lease_ttl=60.0, lease_max=10**6, policy=DEEP)
+    b = Binding("s:cx", "198.51.100.0/24", window=8.0)
+    assert (await s.acheck(CheckRequest(T0, ("ip:cx", "s:cx"), binding=b))).allowed
+    assert (await s.acheck(CheckRequest(T0 + 1.5, ("ip:cx", "s:cx"), binding=b))).allowed
+    assert len(s._tasks) == 1
+    for task in list(s._tasks):
+        task.cancel()
+    await asyncio.sleep(0.05)
+    assert s.revoked == 1 and not s._telling
+    assert (await s.acheck(CheckRequest(T0 + 1.6, ("ip:cx", "s:cx"), binding=b))).allowed
+    assert (await s.acheck(CheckRequest(T0 + 3.2, ("ip:cx", "s:cx"), binding=b))).allowed
+    for _ in range(100):
+        if s.tells:
+            break
+        await asyncio.sleep(0.01)
+    assert s.tells == 1
+    await s.aclose()

@@ -876,7 +876,13 @@ class RedisStore(LimitStore):
             return
         task = loop.create_task(self._atell(now, batch))
         self._tasks.add(task)  # held until done (the loop keeps only a weak reference)
-        task.add_done_callback(self._tasks.discard)
+
+        def finished(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():  # its loop closing, before or during the call: later calls
+                self._told(batch, None)  # must not wait on it, nor the batch stay confirmed
+
+        task.add_done_callback(finished)
 
     def _tell_now(self, now: float, batch: list[tuple[Binding, float]]) -> None:
         raw: Any = None
