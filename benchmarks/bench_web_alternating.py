@@ -12,6 +12,12 @@ the spread. Same server (uvicorn), same load generator (wrk), same clients and t
 
 Run: ``.venv/bin/python benchmarks/bench_web_alternating.py [--pairs 20] [--duration 2]``.
 
+``--settle SECONDS`` loads each server (the bare app and the variant, one after the other) for
+that long after the warm-up, uncounted: the warm-up grants every client its Redis lease within a
+minute, so without it the Redis rows are measured while those leases all run out at once (a
+transient a long-running server never meets again); a few lease TTLs (60 s by default) reach the
+steady state.
+
 ``--against DIR`` alternates each variant with the same variant of another build of garrison
 instead of the bare app (``DIR`` first on the server's ``PYTHONPATH``; make it with ``git
 worktree add /tmp/old REV && pip install --no-deps --target /tmp/oldlib /tmp/old``): the ratio
@@ -70,10 +76,19 @@ def turn(server: Server, workdir: Path, seconds: int, connections: int) -> dict[
 
 
 def alternate(bare: Server, variant: Server, workdir: Path, pairs: int, seconds: int,
-              connections: int) -> list[tuple[dict[str, float], dict[str, float]]]:
-    """``pairs`` pairs of turns (bare, variant), in alternating order."""
+              connections: int, settle: int = 0) -> list[tuple[dict[str, float], dict[str, float]]]:
+    """``pairs`` pairs of turns (bare, variant), in alternating order, after ``settle``
+    seconds of uncounted load on each."""
     for s in (bare, variant):  # both warm in this phase of the machine: clients re-armed
         wrk(s.url, workdir / "clients.lua", 2, connections)
+    done = 0
+    while done < settle:  # in turns of up to 30 s, so neither sits idle for long
+        step = min(30, settle - done)
+        for s in (bare, variant):
+            wrk(s.url, workdir / "clients.lua", step, connections)
+        done += step
+    if settle:
+        print(f"settled {settle} s each", flush=True)
     out = []
     for k in range(pairs):
         if k % 2 == 0:
@@ -93,6 +108,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20, help="pairs of turns per variant")
     ap.add_argument("--duration", type=int, default=2, help="seconds per turn")
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--settle", type=int, default=0, metavar="SECONDS",
+                    help="uncounted load on each server after the warm-up (steady state)")
     add_traffic_option(ap)
     add_clients_option(ap)
     add_server_option(ap)
@@ -147,7 +164,7 @@ def main() -> None:
                 wrk(s.url, workdir / "warm.lua", 600, args.connections)  # every client known
                 print(f"{v.key:22s} warmed", flush=True)
                 results[v.key] = alternate(base, s, workdir, args.pairs, args.duration,
-                                           args.connections)
+                                           args.connections, args.settle)
                 for done in [s] + ([base] if base is not bares.get(v.framework) else []):
                     done.proc.terminate()  # one middleware server (or pair) at a time
                     done.proc.wait(timeout=10)
@@ -160,6 +177,7 @@ def main() -> None:
         f"{'compiled' if is_compiled else 'pure Python'} build",
         f"- command: `.venv/bin/python benchmarks/bench_web_alternating.py --pairs {args.pairs} "
         f"--duration {args.duration}"
+        + (f" --settle {args.settle}" if args.settle else "")
         + traffic_flag(args.traffic) + clients_flag(args.clients) + server_flag(args.server)
         + (" --reference" if args.reference else "")
         + (f" --against {args.against}" if args.against else "")
@@ -169,7 +187,9 @@ def main() -> None:
         + ("each server pinned to CPU 0 while it is measured, wrk and redis-server to CPU 1; "
            if PINNED else "one CPU: nothing pinned; ")
         + f"{args.clients:,} clients as in `web.md`, each first warmed with {WARM_PASSES} "
-        f"requests; {TRAFFIC_TEXT[args.traffic]}",
+        f"requests; {TRAFFIC_TEXT[args.traffic]}"
+        + (f"; then {args.settle} s of uncounted load on each server (in turns of up to 30 s) "
+           "before the pairs" if args.settle else ""),
         f"- per variant {args.pairs} pairs of {args.duration} s turns, the bare app of its "
         "framework and the variant alternating (bare first in odd pairs, the variant first in "
         "even ones); ratio = variant req/s / bare req/s of the same pair",

@@ -154,6 +154,9 @@ class LimitStore(ABC):
     policy: LimitPolicy
     records: RecordTable | None = None
     lock: Any = None
+    seen_every: float = 0.125
+    """The part of a session's travel window after which :meth:`seen` queues it again (it does
+    nothing sooner): read by the web engine too, which then skips the call."""
 
     @abstractmethod
     def check(self, req: CheckRequest) -> CheckResult:

@@ -28,18 +28,18 @@ a bucket that refilled meanwhile (no burst above ``burst``), while spent tokens 
 flight for the request's identities, so a burst of concurrent requests is checked exactly
 instead of being leased tokens that only later requests could spend.
 
-The price is staleness: a ban or escalation decided in another worker reaches this worker
-after at most ``lease_max`` of the identity's requests or one lease TTL, whichever comes first
-(a busy client spends its lease in moments and is checked in Redis again, a slow one makes few
+The price is staleness: a ban or escalation decided in another worker reaches this worker after
+at most ``lease_max`` of the identity's requests or one lease TTL, whichever comes first (a
+busy client spends its lease in moments and is checked in Redis again, a slow one makes few
 requests in a TTL); for a session, within an eighth of its travel window and a second of its
-next request here. Redis's view of an active session's last request is at most a quarter of
-the window and a second old, so impossible travel is still seen across workers. Until
-2026-12-07 the binding was instead confirmed for a quarter of the window and every request
-after that asked Redis: with 120,000 clients at 10 requests a minute each, 17.8 % of requests
-took a round trip, 5.7 % with confirmations a lease long (the binding's rule was most of
-them). A ban this worker writes or is told about drops the identity's lease at once; bans
-are not answered locally (the web engine keeps its own), so with Redis down every request
-passes.
+next request here. Redis's view of an active session's last request is at most a quarter of the
+window and a second old, so impossible travel is still seen across workers. Until 2026-12-07
+the binding was instead confirmed for a quarter of the window and every request after that
+asked Redis: with 120,000 clients at 10 requests a minute each, 17.8 % of requests took a round
+trip, 6.2 % with confirmations a lease long and these tells (the binding's rule was most of
+them; counted at a steady state, ``benchmarks/bench_web_redis_share.py``). A ban this worker
+writes or is told about drops the identity's lease at once; bans are not answered locally (the
+web engine keeps its own), so with Redis down every request passes.
 
 Failure is expected: every call is bounded by ``timeout`` seconds; on an error or timeout the
 request passes (fail open; leases held are still spent), a :class:`CircuitBreaker` stops waiting
@@ -247,7 +247,8 @@ if has_binding == 1 then
     save(st)
     return answer(0, 'impossible-travel', bind_ban, st.tr, 'impossible-travel', st.key, bgroup)
   end
-  -- refresh "last seen" at most every window/8 seconds: saves a write on most requests
+  -- refresh "last seen" at most every window/8 seconds (RedisStore.seen_every): saves a
+  -- write on most requests
   if moved or not bound or now - blast > bind_window / 8 then
     redis.call('SET', bkey, here .. '|' .. f(now), 'PX', math.ceil(bind_ttl * 1000))
   end
@@ -784,6 +785,9 @@ class RedisStore(LimitStore):
     def _key(self, identity: str) -> str:
         return f"{self.ns}:id:{identity}"
 
+    def _bind_key(self, session: str) -> str:
+        return f"{self.ns}:bind:{session}"
+
     def _take_bans(self, req: CheckRequest) -> tuple[Any, ...]:
         with self._pending_lock:
             bans = (*self._pending, *req.bans)
@@ -810,7 +814,7 @@ class RedisStore(LimitStore):
         ``now``; ``rec`` its record (``rec.bseen``: when Redis last heard of it from here).
         Queued for :meth:`tell` once an eighth of the travel window has passed since; False
         (the confirmation must go) when the queue is full. Caller holds :attr:`lock`."""
-        if now - rec.bseen < binding.window / 8:
+        if now - rec.bseen < binding.window * self.seen_every:
             return True
         due = self._due
         if binding.session not in due and len(due) >= self.max_local:
@@ -838,7 +842,7 @@ class RedisStore(LimitStore):
         keys: list[str] = []
         argv = [repr(float(now))]
         for b, last in batch:
-            keys += [f"{self.ns}:bind:{b.session}", self._key(b.session)]
+            keys += [self._bind_key(b.session), self._key(b.session)]
             argv += [f"{b.group}|{b.agent}", repr(float(last)), repr(float(b.ttl))]
         return keys, argv
 
@@ -865,6 +869,8 @@ class RedisStore(LimitStore):
         """Send the sessions :meth:`seen` queued, if it is time: under asyncio as a task (one
         at a time), otherwise at once. Never raises: a failed call takes the batch's
         confirmations back (their next requests ask Redis, and pass if it is down)."""
+        if not self._due:  # nothing queued (read without the lock: the next batch sees it)
+            return
         with self._lock:
             batch = self._tell_batch(now)
         if batch is None:
@@ -928,7 +934,7 @@ class RedisStore(LimitStore):
         if b is None:
             argv.append("0")
         else:
-            keys += [f"{self.ns}:bind:{b.session}", self._key(b.session)]
+            keys += [self._bind_key(b.session), self._key(b.session)]
             window = self._windows.get((b.ttl, b.ban, b.window))
             if window is None:
                 if len(self._windows) >= 64:

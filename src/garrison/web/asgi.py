@@ -248,8 +248,11 @@ class GarrisonMiddleware:
         headers = scope.get("headers")
         names = self._names
         key = self._fast_key(headers, host, names)
-        if key is None:
-            key = rawkey.key(headers, host, names)
+        if key is None:  # the helper declined this shape: it would decline the pick too
+            parts = rawkey.python_pick(headers, host, names)
+            key = rawkey.encode(parts)
+            client = self._clients.get(key)
+            return client if client is not None else self.engine.identify_raw(parts, key)
         client = self._clients.get(key)
         if client is None:
             client = self.engine.identify_raw(rawkey.pick(headers, host, names), key)

@@ -947,7 +947,7 @@ class WebEngine:
         gain = self._gain
         bind_ttl = o.travel_session_ttl
         store = self.store
-        tell_after = o.travel_window / 8  # what a shared store's seen() waits for
+        tell_after = o.travel_window * store.seen_every  # seen() does nothing sooner
         min_requests, window, min_span = o.min_requests, o.window, o.min_span
         threshold, s_threshold, routes = o.threshold, o.session_threshold, bool(o.route_thresholds)
         hot_ip, hot_s = HOT * threshold, HOT * s_threshold
