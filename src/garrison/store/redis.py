@@ -36,10 +36,11 @@ next request here. Redis's view of an active session's last request is at most a
 window and a second old, so impossible travel is still seen across workers. Until 2026-12-07
 the binding was instead confirmed for a quarter of the window and every request after that
 asked Redis: with 120,000 clients at 10 requests a minute each, 17.8 % of requests took a round
-trip, 6.2 % with confirmations a lease long and these tells (the binding's rule was most of
-them; counted at a steady state, ``benchmarks/bench_web_redis_share.py``). A ban this worker
-writes or is told about drops the identity's lease at once; bans are not answered locally (the
-web engine keeps its own), so with Redis down every request passes.
+trip over one 40 s stretch, 6.2 % over the same stretch with confirmations a lease long and
+these tells (the binding's rule was most of them; the share moves in waves as leases granted
+together run out together, about 10 % over a whole lease TTL: docs/benchmarks.md). A ban this
+worker writes or is told about drops the identity's lease at once; bans are not answered
+locally (the web engine keeps its own), so with Redis down every request passes.
 
 Failure is expected: every call is bounded by ``timeout`` seconds; on an error or timeout the
 request passes (fail open; leases held are still spent), a :class:`CircuitBreaker` stops waiting
