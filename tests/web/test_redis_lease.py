@@ -340,6 +340,27 @@ async def test_async_calls_tell_redis_without_a_request_waiting(
     await s.aclose()
 
 
+async def test_a_session_queued_while_a_call_is_in_flight_goes_out_by_itself(
+        make: Make, redis_server: RedisServer) -> None:
+    """A request queued for the tell while the previous call is still in flight, and then no
+    request at all: the worker sends it by itself once that call has landed (before, it waited
+    for a later request, so an idle worker left Redis's view of the session stale)."""
+    s = make(lease_ttl=60.0, lease_max=10**6, policy=DEEP)
+    short = Binding("s:fl", "198.51.100.0/24", window=8.0)
+    assert (await s.acheck(CheckRequest(T0, ("ip:fl", "s:fl"), binding=short))).allowed
+    # no await between these two: the first's call is still in flight when the second queues
+    assert (await s.acheck(CheckRequest(T0 + 1.0, ("ip:fl", "s:fl"), binding=short))).allowed
+    assert s._telling
+    assert (await s.acheck(CheckRequest(T0 + 2.5, ("ip:fl", "s:fl"), binding=short))).allowed
+    for _ in range(300):
+        if seen_by_redis(redis_server, "lease", "s:fl") >= T0 + 2.5:
+            break
+        await asyncio.sleep(0.01)
+    assert seen_by_redis(redis_server, "lease", "s:fl") == pytest.approx(T0 + 2.5)
+    assert s.round_trips == 1 and s.tells == 2
+    await s.aclose()
+
+
 def test_local_cache_stays_bounded_under_a_flood_of_identities(make: Make) -> None:
     s = make(max_local=64)
     for i in range(1000):

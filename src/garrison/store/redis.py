@@ -762,6 +762,7 @@ class RedisStore(LimitStore):
         self._due: dict[str, tuple[Binding, float]] = {}
         self._tell_at = 0.0
         self._telling = False
+        self._retell = False  # a follow-up tell is scheduled on the event loop
         self._tasks: set[asyncio.Task[None]] = set()
         self.tells = 0  # calls of TELL_SCRIPT that landed
         self.told = 0  # sessions they carried
@@ -888,8 +889,20 @@ class RedisStore(LimitStore):
             self._tasks.discard(t)
             if t.cancelled():  # its loop closing, before or during the call: later calls
                 self._told(batch, None)  # must not wait on it, nor the batch stay confirmed
+            elif self._due and not self._retell:
+                # sessions queued while the call was in flight: their tell was skipped, and
+                # no later request may come to send it (the worker gone idle), so the next
+                # call goes out by itself once the pacing allows it
+                self._retell = True
+                t.get_loop().call_later(TELL_EVERY, self._tell_again)
 
         task.add_done_callback(finished)
+
+    def _tell_again(self) -> None:
+        """The follow-up :meth:`tell` scheduled when a call landed with sessions waiting, at
+        the earliest time the pacing allows (no request brought a later one)."""
+        self._retell = False
+        self.tell(self._tell_at)
 
     def _tell_now(self, now: float, batch: list[tuple[Binding, float]]) -> None:
         raw: Any = None
