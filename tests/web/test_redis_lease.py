@@ -323,6 +323,29 @@ def test_sessions_waiting_to_be_told_stay_bounded(make: Make) -> None:
     assert s.round_trips >= n
 
 
+def test_a_call_carries_at_most_a_batch_oldest_first(make: Make,
+                                                     redis_server: RedisServer) -> None:
+    """600 sessions waiting: each call carries the TELL_BATCH queued first, the rest wait for
+    the next, and every one is heard of in the end."""
+    from garrison.store.redis import TELL_BATCH
+
+    s = make(max_local=2_000, lease_ttl=60.0)
+    sessions = [f"s:b{i}" for i in range(600)]
+    for i, sess in enumerate(sessions):
+        rec = s.records.get(sess, T0)
+        assert s.seen(Binding(sess, "198.51.100.0/24", window=8.0), rec, T0 + 1.0 + i * 1e-3)
+    s.tell(T0 + 2.0)  # no event loop: at once
+    assert s.told == TELL_BATCH
+    assert list(s._due) == sessions[TELL_BATCH:]
+    assert seen_by_redis(redis_server, "lease", sessions[TELL_BATCH - 1]) > T0
+    s.tell(T0 + 2.5)  # within the second, but a full batch waits: it goes
+    assert s.told == 2 * TELL_BATCH
+    s.tell(T0 + 3.0)
+    s.tell(T0 + 4.0)
+    assert s.told == 600 and not s._due
+    assert all(seen_by_redis(redis_server, "lease", x) > T0 for x in sessions[::50])
+
+
 async def test_async_calls_tell_redis_without_a_request_waiting(
         make: Make, redis_server: RedisServer) -> None:
     s = make(lease_ttl=60.0, lease_max=10**6, policy=DEEP)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
 import secrets
@@ -832,9 +833,10 @@ class RedisStore(LimitStore):
         due = self._due
         if not due or self._telling or (now < self._tell_at and len(due) < TELL_BATCH):
             return None
-        batch: list[tuple[Binding, float]] = []
-        for session in list(due)[:TELL_BATCH]:
-            batch.append(due.pop(session))
+        # the oldest first, and only as many as go out: the queue may hold up to max_local
+        batch = [due[s] for s in itertools.islice(due, TELL_BATCH)]
+        for b, _ in batch:
+            del due[b.session]
         self._telling = True
         self._tell_at = now + TELL_EVERY
         return batch
